@@ -1,0 +1,51 @@
+"""scpfleet's DICOM networking engine: Upper Layer, ACSE and DIMSE, written from the standard.
+
+The protocol core (``_pdu``, ``_fsm``, ``_connection``, ``_acse``, ``_dimse``) is sans-IO;
+:mod:`engine.aio` runs it on asyncio/uvloop; :class:`ApplicationEntity` offers the
+pynetdicom-style blocking API on top. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import evt, sop_class, status
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .ae import AE, ApplicationEntity, AssociationServer
+from .association import Association
+from .dul import DULServiceProvider
+from .presentation import (
+    PresentationContext,
+    StoragePresentationContexts,
+    VerificationPresentationContexts,
+    build_context,
+)
+
+__all__ = [
+    "AE",
+    "ApplicationEntity",
+    "Association",
+    "AssociationServer",
+    "DULServiceProvider",
+    "PresentationContext",
+    "StoragePresentationContexts",
+    "VerificationPresentationContexts",
+    "build_context",
+    "debug_logger",
+    "evt",
+    "sop_class",
+    "status",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+]
+
+
+def debug_logger() -> None:
+    """Log the engine's messages at DEBUG level to stderr (pynetdicom's helper)."""
+    logger = logging.getLogger("scpfleet")
+    logger.setLevel(logging.DEBUG)
+    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname).1s: %(name)s: %(message)s"))
+        logger.addHandler(handler)

@@ -1,0 +1,80 @@
+"""Helpers shared by the storage tests: data set byte streams as a C-STORE carries them.
+
+Theory of operation: the storage layer receives a data set without File Meta, encoded
+in the negotiated transfer syntax. These helpers get exactly those bytes from pydicom
+(a Part 10 write, minus the preamble and group 0002), and split them into fragments the
+way the network would. Nothing here touches the storage package's files.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+IMPLICIT = "1.2.840.10008.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+BIG = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+ALL_SYNTAXES = (IMPLICIT, EXPLICIT, BIG, DEFLATED, JPEG_BASELINE)
+
+
+def encode(ds: Dataset, transfer_syntax: str) -> bytes:
+    """``ds`` encoded as a C-STORE data set in ``transfer_syntax`` (no File Meta).
+
+    Encapsulated syntaxes use Explicit VR LE for the data set (PS3.5 A.4); the deflated
+    one is Explicit VR LE through raw DEFLATE (PS3.5 A.5).
+    """
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT
+    fp.is_little_endian = transfer_syntax != BIG
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if transfer_syntax == DEFLATED:
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        data = deflater.compress(data) + deflater.flush()
+    return data
+
+
+def part10_dataset(ds: Dataset) -> bytes:
+    """The data set portion of ``ds`` written as a Part 10 file by pydicom (``ds.file_meta``
+    must name the transfer syntax)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raw = buf.getvalue()
+    (group_length,) = struct.unpack_from("<I", raw, 140)
+    return raw[144 + group_length :]
+
+
+def with_meta(ds: Dataset, transfer_syntax: str) -> Dataset:
+    """Attach a minimal File Meta to ``ds`` naming ``transfer_syntax``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta = meta
+    return ds
+
+
+def fragments(data: bytes, sizes: list[int] | None = None, seed: int | None = None) -> list[memoryview]:
+    """Split ``data`` into memoryviews: by ``sizes`` (cycled), or randomly by ``seed``."""
+    view = memoryview(data)
+    out = []
+    pos = 0
+    rnd = random.Random(seed)
+    i = 0
+    while pos < len(view):
+        if sizes:
+            n = sizes[i % len(sizes)]
+            i += 1
+        else:
+            n = rnd.choice((1, 2, 3, 7, 8, 11, 12, 64, 500, 4096))
+        out.append(view[pos : pos + n])
+        pos += n
+    return out

@@ -1,0 +1,185 @@
+"""Journal: frames round-trip, torn tails are ignored, replay is exactly-once, retirement
+spares live and unindexed segments, and a failed append never strands later frames."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from storage import Index, JournalError, JournalReader, JournalWriter, journal_dir, replay, retire, segment_name
+from tests.storage.test_index import record
+
+
+def test_segment_names_are_unique_per_writer_life() -> None:
+    assert segment_name(123, 456) == "worker-123-456"
+    assert segment_name(123, 457, "w") != segment_name(123, 456, "w")
+
+
+def test_round_trip_and_offsets(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    end1 = writer.append_many([record(1), record(2)])
+    end2 = writer.append_many([record(3)])
+    writer.sync()
+    writer.close()
+    assert end2 == os.path.getsize(writer.path) and 0 < end1 < end2
+    reader = JournalReader(writer.path)
+    got = list(reader.read_from(0))
+    assert [r for r, _ in got] == [record(1), record(2), record(3)]
+    assert got[1][1] == end1 and got[2][1] == end2
+    assert not reader.torn
+    assert [r for r, _ in JournalReader(writer.path).read_from(end1)] == [record(3)]
+
+
+def test_segment_is_never_reopened(tmp_path: Path) -> None:
+    JournalWriter(tmp_path, "w-1-1").close()
+    with pytest.raises(FileExistsError):
+        JournalWriter(tmp_path, "w-1-1")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate-payload", "truncate-crc", "truncate-length", "bad-crc", "huge-length", "garbage"],
+)
+def test_torn_tail_is_ignored(tmp_path: Path, damage: str) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    good_end = writer.append_many([record(1), record(2)])
+    writer.append_many([record(3)])
+    writer.close()
+    raw = bytearray(Path(writer.path).read_bytes())
+    if damage == "truncate-payload":
+        raw = raw[: good_end + 10]
+    elif damage == "truncate-crc":
+        raw = raw[:-2]
+    elif damage == "truncate-length":
+        raw = raw[: good_end + 2]
+    elif damage == "bad-crc":
+        raw[-1] ^= 0xFF
+    elif damage == "huge-length":
+        raw[good_end : good_end + 4] = struct.pack("<I", 0xFFFFFF)
+    else:
+        raw = raw[:good_end] + b"\x05\x00\x00\x00hello\x00\x00\x00\x00"
+    Path(writer.path).write_bytes(bytes(raw))
+    reader = JournalReader(writer.path)
+    got = list(reader.read_from(0))
+    assert [r for r, _ in got] == [record(1), record(2)]
+    assert got[-1][1] == good_end
+    assert reader.torn
+
+
+def test_replay_is_exactly_once(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    writer.append_many([record(n) for n in range(7)])
+    other = JournalWriter(tmp_path, "w-2-1")
+    other.append_many([record(100)])
+    with Index(tmp_path / "index.sqlite") as index:
+        assert replay(tmp_path, index, batch=3) == 8
+        assert index.count() == 8
+        assert replay(tmp_path, index) == 0  # nothing new: no duplicate work
+        assert index.progress("w-1-1") == writer.offset
+        writer.append_many([record(7), record(3)])  # a new record and a re-store of 3
+        assert replay(tmp_path, index) == 2
+        assert index.count() == 9
+        rows = index._db.execute("SELECT sop_instance_uid FROM instances ORDER BY 1").fetchall()
+        assert replay(tmp_path, index) == 0
+        assert index._db.execute("SELECT sop_instance_uid FROM instances ORDER BY 1").fetchall() == rows
+
+
+def test_replay_after_crash_between_batches(tmp_path: Path) -> None:
+    """A crash after the first batch's commit: the second replay resumes at its offset."""
+    writer = JournalWriter(tmp_path, "w-1-1")
+    writer.append_many([record(n) for n in range(5)])
+    with Index(tmp_path / "index.sqlite") as index:
+        real = index.insert_batch
+        calls = 0
+
+        def crash_on_second(records, progress=None):
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise KeyboardInterrupt("crash")
+            real(records, progress)
+
+        index.insert_batch = crash_on_second  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            replay(tmp_path, index, batch=2)
+        assert index.count() == 2
+        index.insert_batch = real  # type: ignore[method-assign]
+        assert replay(tmp_path, index, batch=2) == 3
+        assert index.count() == 5
+
+
+def test_replay_stops_at_torn_tail_then_continues_when_completed(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    writer.append_many([record(1)])
+    frame_end = writer.offset
+    writer.append_many([record(2)])
+    full = Path(writer.path).read_bytes()
+    Path(writer.path).write_bytes(full[: frame_end + 5])  # the live writer is mid-frame
+    with Index(tmp_path / "index.sqlite") as index:
+        assert replay(tmp_path, index) == 1
+        Path(writer.path).write_bytes(full)  # the frame completes
+        assert replay(tmp_path, index) == 1
+        assert index.count() == 2
+
+
+def test_retire_only_dead_fully_indexed_segments(tmp_path: Path) -> None:
+    live = JournalWriter(tmp_path, "w-1-1")
+    live.append_many([record(1)])
+    dead = JournalWriter(tmp_path, "w-2-1")
+    dead.append_many([record(2)])
+    dead.close()
+    unindexed = JournalWriter(tmp_path, "w-3-1")
+    unindexed.close()
+    torn = JournalWriter(tmp_path, "w-4-1")
+    torn.append_many([record(4)])
+    torn.close()
+    with open(torn.path, "ab") as fp:
+        fp.write(b"\x40\x00\x00")  # the crashed writer's torn frame
+    with Index(tmp_path / "index.sqlite") as index:
+        replay(tmp_path, index)
+        with open(unindexed.path, "ab") as fp:  # appears after the replay: not yet indexed
+            fp.write(open(dead.path, "rb").read())
+        assert sorted(retire(tmp_path, index, live={"w-1-1"})) == ["w-2-1", "w-4-1"]
+        assert sorted(os.listdir(journal_dir(tmp_path))) == ["w-1-1.log", "w-3-1.log"]
+        assert index.progress("w-2-1") == 0
+        assert index.count() == 3
+        replay(tmp_path, index)
+        assert retire(tmp_path, index, live={"w-1-1"}) == ["w-3-1"]
+
+
+def test_failed_append_is_cut_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    writer.append_many([record(1)])
+    real_write = os.write
+
+    def half_then_enospc(fd: int, data) -> int:
+        if fd == writer._fd and len(data) > 20:
+            real_write(fd, bytes(data[:20]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    with pytest.raises(OSError):
+        writer.append_many([record(2)])
+    monkeypatch.undo()
+    writer.append_many([record(3)])
+    assert [r.sop_instance_uid for r, _ in JournalReader(writer.path).read_from()] == ["1.2.3.1", "1.2.3.3"]
+
+
+def test_uncut_append_makes_the_segment_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+
+    def fail(*_args: object) -> int:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "write", fail)
+    monkeypatch.setattr(os, "ftruncate", fail)
+    with pytest.raises(OSError):
+        writer.append_many([record(1)])
+    monkeypatch.undo()
+    with pytest.raises(JournalError):
+        writer.append_many([record(2)])

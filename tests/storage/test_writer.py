@@ -1,0 +1,550 @@
+"""InstanceWriter and Publisher: paths only from valid UIDs, every durability publishes a
+readable, byte-identical Part 10 file, batches group their syncs, duplicates follow the
+policy, and every failure answers a status and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pydicom
+import pytest
+
+from storage import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_DUPLICATE_REFUSED,
+    STATUS_INVALID_INSTANCE,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
+    TEMP_DIR,
+    Index,
+    InstanceRecord,
+    InstanceWriter,
+    JournalReader,
+    JournalWriter,
+    Publisher,
+    StorageConfig,
+    StoreRefused,
+    WriterStateError,
+    is_valid_uid,
+    publish_now,
+    read_file_meta,
+    replay,
+    sweep_temp,
+)
+from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments
+from tests.storage.test_meta import EXPECTED, tricky_dataset
+
+# Some tests put invalid UIDs in data sets on purpose; pydicom warns when it writes them.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),
+    pytest.mark.filterwarnings("ignore:The value length"),
+]
+
+CLASS = EXPECTED.sop_class_uid or ""
+STUDY = EXPECTED.study_instance_uid or ""
+SERIES = EXPECTED.series_instance_uid or ""
+
+
+def dataset(sop: str = EXPECTED.sop_instance_uid or "", **overrides: object) -> pydicom.Dataset:
+    ds = tricky_dataset()
+    ds.SOPInstanceUID = sop
+    for key, value in overrides.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def make_writer(config: StorageConfig, sop: str, ts: str = EXPLICIT, sop_class: str = CLASS) -> InstanceWriter:
+    return InstanceWriter(config, sop_class, sop, ts, "MODALITY  ", "ARCHIVE", received_at=1_700_000_000.5)
+
+
+def stream(writer: InstanceWriter, data: bytes, size: int = 4096) -> InstanceWriter:
+    writer.begin()
+    for chunk in fragments(data, [size]):
+        writer.write(chunk)
+    return writer
+
+
+def leftovers(root: Path) -> tuple[list[str], list[str]]:
+    """(files in .tmp, every .dcm under root)."""
+    tmp = root / TEMP_DIR
+    temps = sorted(os.listdir(tmp)) if tmp.exists() else []
+    return temps, sorted(str(p.relative_to(root)) for p in root.rglob("*.dcm"))
+
+
+# ------------------------------------------------------------------------------ UIDs
+
+
+@pytest.mark.parametrize(
+    "uid", ["0", "1", "0.0", "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "2.25.1234567890", "1." + "2" * 62]
+)
+def test_valid_uids(uid: str) -> None:
+    assert is_valid_uid(uid)
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "",
+        ".",
+        "..",
+        "../x",
+        "../../etc/passwd",
+        "/abs/path",
+        "1.2/3",
+        "1..2",
+        ".1",
+        "1.",
+        "1.02",
+        "01.2",
+        "1.2.a",
+        "1.2.3 ",
+        "1.2\n",
+        "1.2\x00",
+        "１.２",  # full-width digits: \d would accept them
+        "1." + "2" * 63,  # 65 characters
+        "1.2\\3",
+        None,
+        12,
+    ],
+)
+def test_invalid_uids(uid: object) -> None:
+    assert not is_valid_uid(uid)
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_config_validation_and_decoding() -> None:
+    with pytest.raises(ValueError):
+        StorageConfig(root="/x", durability="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        StorageConfig(root="/x", duplicate_policy="merge")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        StorageConfig(root="/x", implementation_class_uid="not.a.uid")
+    with pytest.raises(ValueError):
+        StorageConfig(root="/x", implementation_version_name="x" * 17)
+    with pytest.raises(ValueError):
+        StorageConfig(root="/x", batch_max=0)
+    config = msgspec.convert({"root": "/srv", "durability": "batch", "batch_window_ms": 5}, StorageConfig)
+    assert config.durability == "batch" and config.batch_window_ms == 5.0
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"root": "/srv", "durability": "maybe"}, StorageConfig)
+
+
+# ------------------------------------------------------------------------------ publishing
+
+
+def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -> None:
+    path = root / record.path
+    assert record.path == f"{STUDY}/{SERIES}/{record.sop_instance_uid}.dcm"
+    assert path.is_file()
+    raw = path.read_bytes()
+    meta = read_file_meta(path)
+    assert raw[meta.dataset_offset :] == data  # byte-identical data set
+    assert record.size == len(raw)
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert meta.transfer_syntax_uid == ts
+    assert meta.source_ae_title == "MODALITY" and meta.receiving_ae_title == "ARCHIVE"
+    read = pydicom.dcmread(path)
+    assert read.file_meta.MediaStorageSOPInstanceUID == record.sop_instance_uid
+    assert read.SOPInstanceUID == record.sop_instance_uid
+    assert read.PatientID == EXPECTED.patient_id
+    assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0
+    assert (
+        record.study_instance_uid,
+        record.series_instance_uid,
+        record.patient_name,
+        record.modality,
+        record.instance_number,
+        record.calling_ae,
+        record.called_ae,
+        record.received_at,
+    ) == (STUDY, SERIES, EXPECTED.patient_name, "CT", "17", "MODALITY", "ARCHIVE", 1_700_000_000.5)
+
+
+@pytest.mark.parametrize("ts", ALL_SYNTAXES)
+def test_publish_now_every_transfer_syntax(tmp_path: Path, ts: str) -> None:
+    config = StorageConfig(root=str(tmp_path))
+    data = encode(dataset(), ts)
+    writer = stream(make_writer(config, EXPECTED.sop_instance_uid or "", ts), data)
+    record = publish_now(writer)
+    _check_published(tmp_path, record, data, ts)
+    assert leftovers(tmp_path)[0] == []
+
+
+@pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
+def test_publisher_every_durability_with_journal(tmp_path: Path, durability: str) -> None:
+    config = StorageConfig(root=str(tmp_path), durability=durability, batch_window_ms=1)  # type: ignore[arg-type]
+    journal = JournalWriter(tmp_path, "w-1-1")
+    uids = [f"1.2.826.0.1.3680043.8.498.{900 + i}" for i in range(5)]
+    payloads = {uid: encode(dataset(uid), EXPLICIT) for uid in uids}
+
+    async def main() -> list[InstanceRecord]:
+        publisher = Publisher(config, asyncio.get_running_loop(), journal=journal)
+        records = []
+        for uid in uids:
+            records.append(await publisher.publish(stream(make_writer(config, uid), payloads[uid])))
+        await publisher.aclose()
+        return records
+
+    records = asyncio.run(main())
+    for record in records:
+        _check_published(tmp_path, record, payloads[record.sop_instance_uid], EXPLICIT)
+    assert [r for r, _ in JournalReader(journal.path).read_from()] == records
+    with Index(tmp_path / "index.sqlite") as index:
+        assert replay(tmp_path, index) == 5
+        assert index.get(uids[0]) == records[0]
+    assert leftovers(tmp_path)[0] == []
+
+
+class SyncCounter:
+    """Counts fsync calls on files and on directories, and fdatasync calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.files = self.dirs = self.datasyncs = 0
+        real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+        def fsync(fd: int) -> None:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                self.dirs += 1
+            else:
+                self.files += 1
+            real_fsync(fd)
+
+        def fdatasync(fd: int) -> None:
+            self.datasyncs += 1
+            real_fdatasync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+def _publish_concurrently(tmp_path: Path, durability: str, count: int) -> tuple[Publisher, list[InstanceRecord]]:
+    config = StorageConfig(root=str(tmp_path), durability=durability, batch_window_ms=50)  # type: ignore[arg-type]
+    journal = JournalWriter(tmp_path, f"w-{durability}")
+
+    async def one(publisher: Publisher, uid: str) -> InstanceRecord:
+        writer = stream(make_writer(config, uid), encode(dataset(uid), EXPLICIT))
+        await asyncio.sleep(0)
+        return await publisher.publish(writer)
+
+    async def main() -> tuple[Publisher, list[InstanceRecord]]:
+        publisher = Publisher(config, journal=journal)
+        uids = [f"1.2.826.0.1.3680043.8.498.{len(durability)}{i}" for i in range(count)]
+        records = await asyncio.gather(*(one(publisher, uid) for uid in uids))
+        await publisher.aclose()
+        return publisher, list(records)
+
+    publisher, records = asyncio.run(main())
+    assert len(list(JournalReader(journal.path).read_from())) == count
+    return publisher, records
+
+
+def test_batch_groups_concurrent_publishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = 20
+    per_instance = SyncCounter(monkeypatch)
+    _publish_concurrently(tmp_path / "fsync", "fsync", count)
+    monkeypatch.undo()
+    grouped = SyncCounter(monkeypatch)
+    publisher, records = _publish_concurrently(tmp_path / "batch", "batch", count)
+    assert len(records) == count and all((tmp_path / "batch" / r.path).is_file() for r in records)
+    assert publisher.groups < count
+    # Every file is fsynced once either way (its data must be durable) ...
+    assert grouped.files == per_instance.files == count
+    # ... but directories and the journal are synced once per group, not per instance.
+    assert grouped.dirs + grouped.datasyncs < count
+    assert grouped.datasyncs == publisher.groups
+    assert per_instance.datasyncs == count
+    assert grouped.files + grouped.dirs + grouped.datasyncs < per_instance.files + per_instance.dirs + per_instance.datasyncs
+
+
+def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
+    config = StorageConfig(root=str(tmp_path), durability="batch", batch_window_ms=60_000, batch_max=3)
+
+    async def main() -> Publisher:
+        publisher = Publisher(config)
+        uids = [f"1.2.3.{i}" for i in range(3)]
+        writers = [stream(make_writer(config, u), encode(dataset(u), EXPLICIT)) for u in uids]
+        await asyncio.wait_for(asyncio.gather(*(publisher.publish(w) for w in writers)), 10)
+        return publisher
+
+    assert asyncio.run(main()).groups == 1
+
+
+def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
+    config = StorageConfig(root=str(tmp_path), durability="batch", batch_window_ms=20, duplicate_policy="reject")
+
+    async def main() -> list[object]:
+        publisher = Publisher(config)
+        a = stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT))
+        b = stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT))  # same instance
+        c = stream(make_writer(config, "1.2.3.2"), encode(dataset("1.2.3.2"), EXPLICIT))
+        return await asyncio.gather(*(publisher.publish(w) for w in (a, b, c)), return_exceptions=True)
+
+    a, b, c = asyncio.run(main())
+    assert isinstance(a, InstanceRecord) and isinstance(c, InstanceRecord)
+    assert isinstance(b, StoreRefused) and b.status == STATUS_DUPLICATE_REFUSED
+    assert leftovers(tmp_path) == ([], sorted([a.path, c.path]))
+
+
+# ------------------------------------------------------------------------------ duplicates
+
+
+@pytest.mark.parametrize("policy", ["overwrite", "keep", "reject"])
+def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
+    config = StorageConfig(root=str(tmp_path), duplicate_policy=policy)  # type: ignore[arg-type]
+    first = encode(dataset(PatientID="FIRST"), EXPLICIT)
+    second = encode(dataset(PatientID="SECOND"), EXPLICIT)
+    record = publish_now(stream(make_writer(config, EXPECTED.sop_instance_uid or ""), first))
+    again = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), second)
+    if policy == "reject":
+        with pytest.raises(StoreRefused) as refused:
+            publish_now(again)
+        assert refused.value.status == STATUS_DUPLICATE_REFUSED
+    else:
+        publish_now(again)
+        assert again.duplicate == (policy == "keep")
+    stored = pydicom.dcmread(tmp_path / record.path)
+    assert stored.PatientID == ("SECOND" if policy == "overwrite" else "FIRST")
+    assert leftovers(tmp_path) == ([], [record.path])
+
+
+def test_keep_policy_race_detected_at_link(tmp_path: Path) -> None:
+    """Both copies pass finish() before either is linked: link(2) still refuses to clobber."""
+    config = StorageConfig(root=str(tmp_path), duplicate_policy="keep")
+    data = encode(dataset(), EXPLICIT)
+    a = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
+    b = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
+    a.finish()
+    b.finish()
+    publish_now(a)
+    publish_now(b)
+    assert not a.duplicate and b.duplicate
+    assert leftovers(tmp_path)[0] == []
+
+
+@pytest.mark.parametrize("policy", ["keep", "reject"])
+def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
+    def no_links(*_args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    config = StorageConfig(root=str(tmp_path), duplicate_policy=policy)  # type: ignore[arg-type]
+    data = encode(dataset(), EXPLICIT)
+    a = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
+    b = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
+    a.finish()
+    b.finish()
+    record = publish_now(a)
+    if policy == "reject":
+        with pytest.raises(StoreRefused) as refused:
+            publish_now(b)
+        assert refused.value.status == STATUS_DUPLICATE_REFUSED
+    else:
+        publish_now(b)
+        assert b.duplicate
+    assert leftovers(tmp_path) == ([], [record.path])
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize(
+    "sop, sop_class, ts, status",
+    [
+        ("../../escape", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
+        ("/etc/passwd", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
+        ("1." + "2" * 80, CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
+        ("1.2.abc", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
+        ("1.2.3", "../x", EXPLICIT, STATUS_SOP_CLASS_NOT_SUPPORTED),
+        ("1.2.3", CLASS, "not/a/uid", STATUS_CANNOT_UNDERSTAND),
+    ],
+)
+def test_invalid_command_uids_refused_before_any_file(
+    tmp_path: Path, sop: str, sop_class: str, ts: str, status: int
+) -> None:
+    writer = make_writer(StorageConfig(root=str(tmp_path)), sop, ts, sop_class)
+    with pytest.raises(StoreRefused) as refused:
+        writer.begin()
+    assert refused.value.status == status
+    assert writer.temp_path is None
+    with pytest.raises(StoreRefused):  # the refusal sticks
+        writer.write(b"\x00\x00")
+    assert list(tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, status",
+    [
+        ({"SOPInstanceUID": "1.2.3.999"}, STATUS_DATASET_MISMATCH),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}, STATUS_DATASET_MISMATCH),
+        ({"StudyInstanceUID": "../../../tmp/evil"}, STATUS_DATASET_MISMATCH),
+        ({"StudyInstanceUID": "/abs"}, STATUS_DATASET_MISMATCH),
+        ({"SeriesInstanceUID": "1.2." + "3" * 70}, STATUS_DATASET_MISMATCH),
+        ({"SeriesInstanceUID": "1.2.x"}, STATUS_DATASET_MISMATCH),
+        ({"StudyInstanceUID": None}, STATUS_DATASET_MISMATCH),
+    ],
+)
+def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrides: dict, status: int) -> None:
+    ds = dataset()
+    for key, value in overrides.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    writer = stream(make_writer(StorageConfig(root=str(tmp_path)), EXPECTED.sop_instance_uid or ""), encode(ds, EXPLICIT))
+    with pytest.raises(StoreRefused) as refused:
+        publish_now(writer)
+    assert refused.value.status == status
+    assert writer.final_path is None
+    assert leftovers(tmp_path) == ([], [])
+    assert sorted(os.listdir(tmp_path)) == [TEMP_DIR]  # no directory was made either
+
+
+def test_unreadable_data_set_is_cannot_understand(tmp_path: Path) -> None:
+    writer = stream(make_writer(StorageConfig(root=str(tmp_path)), "1.2.3", DEFLATED), b"\xff" * 64)
+    with pytest.raises(StoreRefused) as refused:
+        writer.finish()
+    assert refused.value.status == STATUS_CANNOT_UNDERSTAND
+    assert leftovers(tmp_path) == ([], [])
+
+
+def test_abort_and_context_manager(tmp_path: Path) -> None:
+    config = StorageConfig(root=str(tmp_path))
+    writer = stream(make_writer(config, "1.2.3"), encode(dataset("1.2.3"), EXPLICIT))
+    assert len(leftovers(tmp_path)[0]) == 1
+    writer.abort()
+    writer.abort()  # idempotent
+    assert leftovers(tmp_path) == ([], [])
+    with pytest.raises(RuntimeError):
+        with stream(make_writer(config, "1.2.3"), b"\x08\x00") as w:
+            raise RuntimeError("association aborted")
+    assert w.temp_path is not None and leftovers(tmp_path) == ([], [])
+    with pytest.raises(WriterStateError):
+        make_writer(config, "1.2.3").write(b"xx")
+
+
+# ------------------------------------------------------------------------------ I/O failures
+
+
+def _enospc_after(monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int) -> None:
+    real = getattr(os, name)
+    seen = 0
+
+    def failing(*args: object):
+        nonlocal seen
+        seen += 1
+        if seen > calls_ok:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(os, name, failing)
+
+
+@pytest.mark.parametrize(
+    "name, calls_ok, step",
+    [
+        ("write", 0, "begin"),  # the File Meta write
+        ("write", 3, "write"),  # a data set fragment
+        ("mkdir", 0, "finish"),
+        ("fsync", 0, "publish"),
+        ("rename", 0, "publish"),
+    ],
+)
+def test_io_errors_refuse_with_out_of_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str
+) -> None:
+    config = StorageConfig(root=str(tmp_path))
+    (tmp_path / TEMP_DIR).mkdir()
+    data = encode(dataset(), EXPLICIT)
+    writer = make_writer(config, EXPECTED.sop_instance_uid or "")
+    with pytest.raises(StoreRefused) as refused:
+        if step != "begin":
+            stream_ok = step != "write"
+            if stream_ok:
+                stream(writer, data, 256)
+            _enospc_after(monkeypatch, name, calls_ok)
+            if not stream_ok:
+                stream(writer, data, 256)
+            else:
+                publish_now(writer)
+        else:
+            _enospc_after(monkeypatch, name, calls_ok)
+            writer.begin()
+    monkeypatch.undo()
+    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert "No space left" in refused.value.reason
+    assert leftovers(tmp_path) == ([], [])
+    assert writer.refused is refused.value
+
+
+def test_journal_failure_refuses_and_keeps_the_journal_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = StorageConfig(root=str(tmp_path))
+    journal = JournalWriter(tmp_path, "w-1-1")
+    writer = stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT))
+    writer.finish()
+    _enospc_after(monkeypatch, "fdatasync", 0)
+    with pytest.raises(StoreRefused) as refused:
+        publish_now(writer, journal)
+    monkeypatch.undo()
+    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    ok = publish_now(stream(make_writer(config, "1.2.3.2"), encode(dataset("1.2.3.2"), EXPLICIT)), journal)
+    assert [r for r, _ in JournalReader(journal.path).read_from()][-1] == ok
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, when this process may mount one (root in a permissive container)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mountpoint = tmp_path / f"tiny-{uuid.uuid4().hex[:8]}"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "scpfleet-test", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def test_real_disk_full(tiny_fs: Path) -> None:
+    config = StorageConfig(root=str(tiny_fs))
+    sweep_temp(tiny_fs)
+    small = publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)))
+    big = dataset("1.2.3.2")
+    big.PixelData = bytes(1 << 20)
+    writer = make_writer(config, "1.2.3.2")
+    with pytest.raises(StoreRefused) as refused:
+        stream(writer, encode(big, EXPLICIT), 64 << 10)
+    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert leftovers(tiny_fs) == ([], [small.path])
+    # space is back: the next store succeeds
+    publish_now(stream(make_writer(config, "1.2.3.3"), encode(dataset("1.2.3.3"), EXPLICIT)))
+
+
+def test_sweep_temp(tmp_path: Path) -> None:
+    config = StorageConfig(root=str(tmp_path))
+    stream(make_writer(config, "1.2.3"), encode(dataset("1.2.3"), EXPLICIT))  # left open: a crash
+    old = tmp_path / TEMP_DIR / "old.part"
+    old.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert sweep_temp(tmp_path, min_age_s=3600) == 1
+    assert len(leftovers(tmp_path)[0]) == 1
+    assert sweep_temp(tmp_path) == 1
+    assert leftovers(tmp_path) == ([], [])
