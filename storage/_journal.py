@@ -1,0 +1,252 @@
+"""The journal: the durable hand-off from a worker's publish to the index.
+
+Theory of operation: "stored" must imply "will be indexed, whatever crashes next", and
+the index lives in another process. So each worker appends every record it publishes
+to its own journal segment, ``<root>/.journal/<name>.log``, after the instance's file is
+in place and before the C-STORE is answered; the indexer replays segments into the
+index. A segment has exactly one writer for its whole life, and its name carries the
+writer's pid and start time (:func:`segment_name`), so a restarted worker never appends
+to a dead one's segment.
+
+A frame is ``<u32 LE payload length> <payload: msgpack InstanceRecord> <u32 LE
+crc32(payload)>``. A crash can tear the last frame; the reader stops at the first frame
+that is short, over-long or fails its CRC, and reports the end of the last good frame,
+so a torn tail is ignored and never indexed. A failed append is cut back off the file
+so later frames never sit behind garbage.
+
+Replay is exactly-once because the index stores each segment's offset in the same
+transaction as the rows read up to it (:meth:`Index.insert_batch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Collection, Iterable, Iterator
+
+import msgspec
+
+from ._index import Index, InstanceRecord
+from ._part10 import StorageError
+
+__all__ = [
+    "JournalError",
+    "JournalWriter",
+    "JournalReader",
+    "segment_name",
+    "journal_dir",
+    "replay",
+    "retire",
+]
+
+JOURNAL_DIR = ".journal"
+_SUFFIX = ".log"
+_LENGTH = struct.Struct("<I")
+_CRC = struct.Struct("<I")
+# A record is a few hundred bytes of UIDs and names; a length above 64 KiB can only be
+# a torn or corrupt length field.
+_MAX_FRAME = 64 * 1024
+# Replay commits this many records per index transaction: large enough to amortise
+# the commit, small enough to keep a transaction short.
+_REPLAY_BATCH = 500
+# Read the segment in chunks of this size while replaying.
+_READ_CHUNK = 256 * 1024
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(InstanceRecord)
+
+
+class JournalError(StorageError):
+    """A journal segment cannot be appended to (after a failed, uncut append)."""
+
+
+def journal_dir(root: str | os.PathLike[str]) -> str:
+    return os.path.join(root, JOURNAL_DIR)
+
+
+def segment_name(pid: int, started_ns: int, label: str = "worker") -> str:
+    """Name of a writer's segment: unique per writer process lifetime."""
+    return f"{label}-{pid}-{started_ns}"
+
+
+def _frames(records: Iterable[InstanceRecord]) -> bytearray:
+    out = bytearray()
+    for record in records:
+        payload = _encoder.encode(record)
+        out += _LENGTH.pack(len(payload))
+        out += payload
+        out += _CRC.pack(zlib.crc32(payload))
+    return out
+
+
+class JournalWriter:
+    """Appends records to ``<root>/.journal/<name>.log`` (created, never reopened).
+
+    Thread-safe: the publisher's executor threads may append concurrently.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], name: str) -> None:
+        directory = journal_dir(root)
+        os.makedirs(directory, exist_ok=True)
+        self.name = name
+        self.path = os.path.join(directory, name + _SUFFIX)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._offset = 0
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        # The new segment's directory entry must survive a crash with its first frames.
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @property
+    def offset(self) -> int:
+        """End of the last appended frame."""
+        return self._offset
+
+    def append_many(self, records: Iterable[InstanceRecord]) -> int:
+        """Append one frame per record with a single ``write``; return the end offset.
+
+        Not durable until :meth:`sync`. On ``OSError`` the partial frames are cut off
+        again; if that fails too the segment refuses further appends
+        (:class:`JournalError`) and the caller must open a new one.
+        """
+        data = _frames(records)
+        with self._lock:
+            if self._broken is not None:
+                raise JournalError(f"journal {self.path} unusable after a failed append: {self._broken}")
+            start = self._offset
+            view = memoryview(data)
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError as cut:
+                    self._broken = str(cut)
+                raise
+            self._offset = start + len(data)
+            return self._offset
+
+    def sync(self) -> None:
+        """``fdatasync`` the segment: every appended frame is durable after this."""
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class JournalReader:
+    """Reads the good frames of one segment; :attr:`torn` tells whether it stopped at a
+    bad frame (short, over-long, CRC or decode failure) rather than at end of file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.torn = False
+
+    def read_from(self, offset: int = 0) -> Iterator[tuple[InstanceRecord, int]]:
+        """Yield ``(record, end_offset)`` for each good frame from ``offset`` on."""
+        self.torn = False
+        with open(self.path, "rb") as fp:
+            fp.seek(offset)
+            buf = b""
+            pos = 0
+            while True:
+                if len(buf) - pos < _LENGTH.size:
+                    more = fp.read(_READ_CHUNK)
+                    if not more:
+                        self.torn = len(buf) > pos
+                        return
+                    buf = buf[pos:] + more
+                    pos = 0
+                    continue
+                (length,) = _LENGTH.unpack_from(buf, pos)
+                if length > _MAX_FRAME:
+                    self.torn = True
+                    return
+                frame_end = pos + _LENGTH.size + length + _CRC.size
+                if frame_end > len(buf):
+                    more = fp.read(max(_READ_CHUNK, frame_end - len(buf)))
+                    if not more:
+                        self.torn = True
+                        return
+                    buf = buf[pos:] + more
+                    pos = 0
+                    continue
+                payload = buf[pos + _LENGTH.size : frame_end - _CRC.size]
+                (crc,) = _CRC.unpack_from(buf, frame_end - _CRC.size)
+                if zlib.crc32(payload) != crc:
+                    self.torn = True
+                    return
+                try:
+                    record = _decoder.decode(payload)
+                except msgspec.DecodeError:
+                    self.torn = True
+                    return
+                offset += frame_end - pos
+                pos = frame_end
+                yield record, offset
+
+
+def _segments(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """``(name, path)`` of every segment under ``root``, oldest name first."""
+    directory = journal_dir(root)
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    return [(e[: -len(_SUFFIX)], os.path.join(directory, e)) for e in entries if e.endswith(_SUFFIX)]
+
+
+def replay(root: str | os.PathLike[str], index: Index, batch: int = _REPLAY_BATCH) -> int:
+    """Index every journalled record not yet indexed; return how many were inserted.
+
+    Each segment is read from the offset recorded in ``journal_progress``; each batch of
+    records is committed with the offset it reaches, so replaying twice (or after a
+    crash in the middle) gives the same rows.
+    """
+    total = 0
+    for name, path in _segments(root):
+        pending: list[InstanceRecord] = []
+        end = start = index.progress(name)
+        for record, end in JournalReader(path).read_from(start):
+            pending.append(record)
+            if len(pending) >= batch:
+                index.insert_batch(pending, {name: end})
+                total += len(pending)
+                pending = []
+        if pending:
+            index.insert_batch(pending, {name: end})
+            total += len(pending)
+    return total
+
+
+def retire(root: str | os.PathLike[str], index: Index, live: Collection[str]) -> list[str]:
+    """Delete segments whose writer is gone and whose every good frame is indexed.
+
+    ``live`` holds the segment names of running writers; those are never touched. A
+    dead writer's torn tail can never become good, so a segment is retired once nothing
+    readable lies past its recorded offset. Call after :func:`replay`. Returns the names
+    retired.
+    """
+    retired = []
+    for name, path in _segments(root):
+        if name in live:
+            continue
+        with contextlib.closing(JournalReader(path).read_from(index.progress(name))) as frames:
+            if next(frames, None) is not None:
+                continue
+        os.unlink(path)
+        index.forget_journal(name)
+        retired.append(name)
+    return retired

@@ -1,0 +1,333 @@
+"""Incremental extraction of a few top-level attributes from a streamed data set.
+
+Theory of operation: a C-STORE data set arrives as fragments of any size, and an
+instance may be gigabytes, so :class:`MetadataExtractor` never holds the stream. It
+walks the data set element by element (PS3.5 7.1) with a small carry buffer for the
+one element header or wanted value that straddles a fragment boundary; a value it does
+not want is skipped by counting bytes. Sequences and items of undefined length (PS3.5
+7.5) are tracked with a stack of open containers; anything of defined length, nested
+or not, is skipped whole. Only elements at the top level are captured.
+
+The walk stops for good -- every later :meth:`~MetadataExtractor.feed` is a no-op -- once
+a top-level tag above (0020,0013) Instance Number appears (the wanted tags are all
+below it, and Pixel Data (7FE0,0010) is above it), once (0020,0013) itself has been
+read, once a byte cap has been examined, or at the first malformed byte. A malformed
+stream is never raised to the caller: it is recorded in ``.error`` as a
+:class:`MetadataError`, and the caller, which keeps storing the bytes, decides what a
+missing attribute means.
+
+Transfer syntaxes (PS3.5 Section 10 and Annex A): Implicit VR Little Endian, Explicit
+VR Little Endian, Explicit VR Big Endian (retired, still met), the deflated ones (raw
+DEFLATE, PS3.5 A.5, inflated here under an output cap so a decompression bomb cannot
+grow memory), and every other -- encapsulated -- transfer syntax, whose data set is
+Explicit VR Little Endian (PS3.5 A.4).
+
+This module does no I/O and keeps no state beyond the extractor instance.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import msgspec
+
+from ._part10 import StorageError
+
+__all__ = ["MetadataError", "InstanceMetadata", "MetadataExtractor", "DEFLATED_TRANSFER_SYNTAXES"]
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+# PS3.5 A.5 Deflated Explicit VR Little Endian, and the two JPIP Referenced Deflate
+# syntaxes (PS3.5 A.8.7.1), whose data sets are deflated the same way.
+DEFLATED_TRANSFER_SYNTAXES = frozenset(
+    ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205")
+)
+
+# PS3.5 6.2: explicit VRs with 2 reserved bytes and a 32-bit length (12-byte header).
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_UNDEFINED = 0xFFFFFFFF
+# PS3.5 7.5: item and delimiter tags, encoded without a VR in every transfer syntax.
+_ITEM = 0xFFFEE000
+_ITEM_DELIM = 0xFFFEE00D
+_SEQ_DELIM = 0xFFFEE0DD
+
+_WANTED = {
+    0x00080016: "sop_class_uid",
+    0x00080018: "sop_instance_uid",
+    0x00080020: "study_date",
+    0x00080060: "modality",
+    0x00100010: "patient_name",
+    0x00100020: "patient_id",
+    0x0020000D: "study_instance_uid",
+    0x0020000E: "series_instance_uid",
+    0x00200013: "instance_number",
+}
+_LAST_WANTED = 0x00200013
+
+# The wanted values are UIDs (64 bytes), PN (3 x 64 characters plus escapes), LO, CS,
+# DA, IS: 1 KiB holds any legal one; a longer value is kept truncated, never buffered.
+_VALUE_CAP = 1024
+# PS3.5 sets no nesting limit; real data nests a few levels. 128 open containers (64
+# sequence levels) bounds the stack against hostile nesting.
+_MAX_DEPTH = 128
+# Inflate at most this much per call so one compressed fragment cannot expand in memory.
+_INFLATE_CHUNK = 64 * 1024
+
+# Parser steps: waiting for an 8-byte header, for the 4-byte long length of an explicit
+# OB/SQ/UN/... header, or for a wanted value.
+_HEADER, _LONG_LENGTH, _VALUE = 0, 1, 2
+# Container kinds on the stack: inside an item (elements expected) or inside an
+# undefined-length sequence (items expected).
+_IN_ITEM, _IN_SEQUENCE = 0, 1
+
+
+class MetadataError(StorageError):
+    """The data set's leading bytes cannot be walked as PS3.5 Section 7 elements."""
+
+
+class InstanceMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """The top-level attributes the index needs; ``None`` when absent.
+
+    Values are the raw bytes decoded as Latin-1 with padding (space, NUL) stripped --
+    good enough to index and compare UIDs, never a full Specific Character Set decode.
+    """
+
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    modality: str | None = None
+    study_date: str | None = None
+    instance_number: str | None = None
+
+
+class MetadataExtractor:
+    """Feed a data set's fragments; read :attr:`result` at any time.
+
+    ``max_inflated`` caps the data set bytes examined -- after inflation for a
+    deflated transfer syntax, so it also bounds what a decompression bomb can make us
+    produce. The default, 1 MiB, is far beyond where the wanted attributes sit in any
+    real header (they lead the data set; only sequences placed before them take room).
+    Reaching the cap before (0020,0013) stops the walk and records ``.error``.
+    """
+
+    __slots__ = (
+        "_cap",
+        "_seen",
+        "_done",
+        "error",
+        "_values",
+        "_carry",
+        "_need",
+        "_step",
+        "_skip",
+        "_stack",
+        "_implicit",
+        "_big",
+        "_base",
+        "_tag",
+        "_vr",
+        "_value_rest",
+        "_inflater",
+    )
+
+    def __init__(self, transfer_syntax_uid: str, max_inflated: int = 1 << 20) -> None:
+        self._cap = max_inflated
+        self._seen = 0
+        self._done = False
+        self.error: MetadataError | None = None
+        self._values: dict[str, str] = {}
+        self._carry = bytearray()
+        self._need = 8
+        self._step = _HEADER
+        self._skip = 0
+        # Each entry: (kind, implicit, big_endian) of an open undefined-length container.
+        self._stack: list[tuple[int, bool, bool]] = []
+        self._implicit = transfer_syntax_uid == IMPLICIT_VR_LE
+        self._big = transfer_syntax_uid == EXPLICIT_VR_BE
+        self._base = (self._implicit, self._big)
+        self._tag = 0
+        self._vr = b""
+        self._value_rest = 0
+        self._inflater = zlib.decompressobj(-15) if transfer_syntax_uid in DEFLATED_TRANSFER_SYNTAXES else None
+
+    @property
+    def done(self) -> bool:
+        """True once the walk has stopped (wanted tags passed, cap, or error)."""
+        return self._done
+
+    @property
+    def result(self) -> InstanceMetadata:
+        """What has been found so far."""
+        return InstanceMetadata(**self._values)
+
+    def feed(self, fragment: memoryview | bytes | bytearray) -> None:
+        """Walk the next fragment of the data set. Never raises on bad data."""
+        if self._done:
+            return
+        try:
+            if self._inflater is None:
+                self._examine(fragment)
+            else:
+                self._inflate(fragment)
+        except MetadataError as exc:
+            self._stop(exc)
+
+    def _stop(self, error: MetadataError | None = None) -> None:
+        self._done = True
+        self.error = error
+        self._carry = bytearray()
+        self._stack = []
+        self._inflater = None
+
+    def _inflate(self, data: memoryview | bytes | bytearray) -> None:
+        """PS3.5 A.5: the data set is a raw DEFLATE stream (RFC 1951), no zlib header."""
+        while data and self._inflater is not None and not self._inflater.eof:
+            try:
+                out = self._inflater.decompress(data, _INFLATE_CHUNK)
+            except zlib.error as exc:
+                raise MetadataError(f"deflated data set does not inflate: {exc}") from None
+            data = self._inflater.unconsumed_tail
+            self._examine(out)
+
+    def _examine(self, data: memoryview | bytes | bytearray) -> None:
+        room = self._cap - self._seen
+        if room <= 0:
+            raise MetadataError(f"{self._cap} bytes examined before passing (0020,0013)")
+        if len(data) > room:
+            data = memoryview(data)[:room]
+        self._seen += len(data)
+        self._walk(data)
+        if not self._done and self._seen >= self._cap:
+            raise MetadataError(f"{self._cap} bytes examined before passing (0020,0013)")
+
+    def _walk(self, data: memoryview | bytes | bytearray) -> None:
+        """Advance over ``data``: skip counted bytes, gather headers and wanted values."""
+        pos = 0
+        end = len(data)
+        carry = self._carry
+        while pos < end:
+            if self._skip:
+                if end - pos <= self._skip:
+                    self._skip -= end - pos
+                    return
+                pos += self._skip
+                self._skip = 0
+                continue
+            need = self._need
+            if carry:
+                take = need - len(carry)
+                if end - pos < take:
+                    carry += data[pos:end]
+                    return
+                carry += data[pos : pos + take]
+                pos += take
+                chunk: bytes | memoryview | bytearray = bytes(carry)
+                carry.clear()
+            elif end - pos < need:
+                carry += data[pos:end]
+                return
+            else:
+                chunk = data[pos : pos + need]
+                pos += need
+            self._handle(chunk)
+            if self._done:
+                return
+
+    def _handle(self, chunk: bytes | memoryview | bytearray) -> None:
+        step = self._step
+        if step == _HEADER:
+            self._header(chunk)
+        elif step == _LONG_LENGTH:
+            (length,) = struct.unpack_from(">I" if self._big else "<I", chunk)
+            self._step = _HEADER
+            self._need = 8
+            self._element(self._tag, self._vr, length)
+        else:
+            self._values[_WANTED[self._tag]] = bytes(chunk).decode("latin-1").strip(" \x00")
+            self._step = _HEADER
+            self._need = 8
+            if self._tag == _LAST_WANTED:
+                self._stop()
+            else:
+                self._skip = self._value_rest
+
+    def _header(self, h: bytes | memoryview | bytearray) -> None:
+        """Decode an 8-byte element or item header (PS3.5 7.1.1-7.1.3, 7.5)."""
+        big = self._big
+        group, elem, length = struct.unpack_from(">HHI" if big else "<HHI", h)
+        tag = (group << 16) | elem
+        stack = self._stack
+        if stack and stack[-1][0] == _IN_SEQUENCE:
+            if tag == _ITEM:
+                if length == _UNDEFINED:
+                    self._push(_IN_ITEM)
+                else:
+                    self._skip = length
+            elif tag == _SEQ_DELIM:
+                self._pop()
+            else:
+                raise MetadataError(f"({group:04X},{elem:04X}) where a sequence item was expected (PS3.5 7.5)")
+            return
+        if not stack and tag > _LAST_WANTED:
+            self._stop()
+            return
+        if group == 0xFFFE:
+            if tag == _ITEM_DELIM and stack:
+                self._pop()
+                return
+            raise MetadataError(f"unexpected ({group:04X},{elem:04X}) among data elements (PS3.5 7.5)")
+        if self._implicit:
+            self._element(tag, b"", length)
+            return
+        vr = bytes(h[4:6])
+        if vr in _LONG_VRS:
+            self._tag = tag
+            self._vr = vr
+            self._step = _LONG_LENGTH
+            self._need = 4
+            return
+        if not (vr.isalpha() and vr.isupper()):
+            raise MetadataError(f"({group:04X},{elem:04X}) has no valid explicit VR: {vr!r} (PS3.5 7.1.2)")
+        (short,) = struct.unpack_from(">H" if big else "<H", h, 6)
+        self._element(tag, vr, short)
+
+    def _element(self, tag: int, vr: bytes, length: int) -> None:
+        """Decide what to do with a data element's value: capture, skip, or descend."""
+        if length == _UNDEFINED:
+            # PS3.5 7.5: SQ, UN (whose content is then Implicit VR LE, PS3.5 6.2.2) and
+            # encapsulated pixel data are the undefined-length values; all hold items.
+            self._push(_IN_SEQUENCE, implicit_le=(vr == b"UN"))
+            return
+        if not self._stack and tag in _WANTED:
+            if length == 0:
+                self._values[_WANTED[tag]] = ""
+                if tag == _LAST_WANTED:
+                    self._stop()
+                return
+            self._tag = tag
+            self._step = _VALUE
+            self._need = min(length, _VALUE_CAP)
+            self._value_rest = length - self._need
+            return
+        self._skip = length
+
+    def _push(self, kind: int, implicit_le: bool = False) -> None:
+        if len(self._stack) >= _MAX_DEPTH:
+            raise MetadataError(f"sequences nested deeper than {_MAX_DEPTH // 2} levels")
+        if implicit_le:
+            self._implicit, self._big = True, False
+        self._stack.append((kind, self._implicit, self._big))
+
+    def _pop(self) -> None:
+        self._stack.pop()
+        if self._stack:
+            _, self._implicit, self._big = self._stack[-1]
+        else:
+            self._implicit, self._big = self._base

@@ -1,0 +1,737 @@
+"""Writing received instances to disk, and publishing them durably.
+
+Theory of operation: the network core hands over a C-STORE's command and then its data
+set as fragments; this module decides everything about files. An
+:class:`InstanceWriter` streams one instance into a temporary file under
+``<root>/.tmp/`` -- File Meta Information first (PS3.10 7.1), then the data set bytes
+exactly as received -- while a :class:`~storage.MetadataExtractor` and a SHA-256 digest
+watch them go by. Nothing is ever buffered whole.
+
+Publishing is three steps so a caller can batch them: :meth:`InstanceWriter.finish`
+validates (the data set must be the instance the command announced, with valid Study
+and Series Instance UIDs) and creates the directories; then, off the event loop, the
+file is fsynced, renamed (or linked, to never clobber) to
+``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` and the
+directories are fsynced; finally the record is appended to the journal, which makes it
+reach the index whatever crashes next. :class:`Publisher` runs these steps for an
+asyncio worker without blocking its loop, one instance at a time (``fsync``), as group
+commits (``batch``), or inline without syncing (``none``).
+
+Names on disk are made only of UIDs that pass :func:`is_valid_uid` (digits and dots,
+PS3.5 9.1), so no peer-supplied text can reach a path. Every failure ends with the
+temporary file unlinked and a :class:`StoreRefused` carrying the C-STORE status to
+answer (PS3.4 B.2.3, PS3.7 9.1.1.1.9); the worker answers it and keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import hashlib
+import os
+import re
+import secrets
+import time
+from typing import Literal
+
+import msgspec
+
+from ._index import InstanceRecord
+from ._journal import JournalError, JournalWriter
+from ._meta import MetadataExtractor
+from ._part10 import StorageError, build_file_meta
+
+__all__ = [
+    "StorageConfig",
+    "StoreRefused",
+    "InstanceWriter",
+    "Publisher",
+    "is_valid_uid",
+    "sweep_temp",
+    "publish_now",
+    "fsync_dir",
+    "DurableDirs",
+    "WriterStateError",
+    "TEMP_DIR",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_DATASET_MISMATCH",
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_INVALID_INSTANCE",
+    "STATUS_SOP_CLASS_NOT_SUPPORTED",
+    "STATUS_DUPLICATE_REFUSED",
+]
+
+TEMP_DIR = ".tmp"
+# A UUID-derived UID (PS3.5 B.2: root "2.25."), fixed for this implementation.
+IMPLEMENTATION_CLASS_UID = "2.25.174015840572085024091735051246265513641"
+IMPLEMENTATION_VERSION_NAME = "SCPFLEET_0.1"
+
+# C-STORE failure statuses (PS3.4 Table B.2-1 and the general ones PS3.7 9.1.1.1.9 allows).
+#: Refused: Out of Resources (A7xx) -- disk full or any I/O error while storing.
+STATUS_OUT_OF_RESOURCES = 0xA700
+#: Error: Data Set does not match SOP Class (A9xx) -- the data set was read, but its
+#: SOP Class/Instance UID differ from the command's, or a Type 1 UID every composite
+#: IOD requires (Study, Series Instance UID; PS3.3 C.7.2.1, C.7.3.1) is missing or
+#: not a valid UID.
+STATUS_DATASET_MISMATCH = 0xA900
+#: Error: Cannot understand (Cxxx) -- the data set's leading elements could not be
+#: walked, so those attributes could not even be looked for.
+STATUS_CANNOT_UNDERSTAND = 0xC000
+#: Invalid SOP Instance (0117) -- the command's Affected SOP Instance UID breaks PS3.5 9.1.
+STATUS_INVALID_INSTANCE = 0x0117
+#: Refused: SOP Class not supported (0122) -- the command's SOP Class UID is not a UID.
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: Duplicate refused (policy ``reject``). The Storage Service Class has no code for it;
+#: Cannot understand (Cxxx) is the failure range whose low bits are ours to define, and
+#: 0x111 echoes PS3.7 C.4's "Duplicate SOP Instance" (0111), which C-STORE may not use.
+STATUS_DUPLICATE_REFUSED = 0xC111
+
+# PS3.5 9.1: components are digits without leading zeros (except "0"), joined by dots.
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+# PS3.5 9.1: a UID is at most 64 characters.
+_MAX_UID = 64
+# link(2) errors meaning "this file system has no hard links" (vfat, some FUSE and SMB mounts).
+_NO_HARD_LINKS = frozenset((errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP))
+# PS3.5 Table 6.2-1: an AE title is at most 16 characters.
+_MAX_AE = 16
+
+
+def is_valid_uid(uid: object) -> bool:
+    """True for a UID per PS3.5 9.1: 1..64 chars, digits and dots, no empty component,
+    no leading zero in a component other than "0" itself. Only such strings become names.
+    """
+    return isinstance(uid, str) and 0 < len(uid) <= _MAX_UID and _UID.fullmatch(uid) is not None
+
+
+def _ae_or_none(ae: str) -> str | None:
+    """An AE title fit for File Meta (PS3.5 Table 6.2-1 AE), or None to leave it out."""
+    ae = ae.strip(" ")
+    if 0 < len(ae) <= _MAX_AE and ae.isascii() and ae.isprintable() and "\\" not in ae:
+        return ae
+    return None
+
+
+class StoreRefused(StorageError):
+    """The instance is not stored; answer the C-STORE with :attr:`status`."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status:#06x}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class WriterStateError(StorageError, RuntimeError):
+    """An :class:`InstanceWriter` method was called out of order (a caller bug)."""
+
+
+class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Storage settings, passed to every writer and publisher (never module globals).
+
+    - ``root``: directory holding ``<study>/<series>/<sop>.dcm``, ``.tmp/``, ``.journal/``.
+    - ``durability``:
+      ``"fsync"`` -- each instance's file and directories are fsynced and its journal
+      frame fdatasynced before the C-STORE is answered (survives power loss);
+      ``"batch"`` -- the same guarantee, with instances finishing within
+      ``batch_window_ms`` (or ``batch_max`` of them) committed together: one executor
+      job, one fsync per distinct directory, one journal fdatasync per group;
+      ``"none"`` -- rename only, no syncing (survives a process crash, not power loss).
+    - ``duplicate_policy`` when the final path already exists:
+      ``"overwrite"`` -- the new file replaces it atomically (rename);
+      ``"keep"`` -- the stored file stays, the new one is discarded, success answered;
+      ``"reject"`` -- the new one is discarded and :data:`STATUS_DUPLICATE_REFUSED` answered.
+    - ``implementation_class_uid`` / ``implementation_version_name``: (0002,0012) and
+      (0002,0013) of the files written (PS3.10 7.1).
+    - ``max_meta_inflate``: data set bytes the metadata extractor examines at most
+      (after inflation when deflated); see :class:`~storage.MetadataExtractor`.
+    - ``file_mode`` / ``dir_mode``: permissions of new files and directories.
+    """
+
+    root: str
+    durability: Literal["fsync", "batch", "none"] = "fsync"
+    batch_window_ms: float = 2.0
+    batch_max: int = 256
+    duplicate_policy: Literal["overwrite", "keep", "reject"] = "overwrite"
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+    max_meta_inflate: int = 1 << 20
+    file_mode: int = 0o640
+    dir_mode: int = 0o750
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("fsync", "batch", "none"):
+            raise ValueError(f"durability must be fsync, batch or none, not {self.durability!r}")
+        if self.duplicate_policy not in ("overwrite", "keep", "reject"):
+            raise ValueError(f"duplicate_policy must be overwrite, keep or reject, not {self.duplicate_policy!r}")
+        if not self.batch_window_ms >= 0 or self.batch_max < 1:
+            raise ValueError("batch_window_ms must be >= 0 and batch_max >= 1")
+        if not is_valid_uid(self.implementation_class_uid):
+            raise ValueError(f"implementation_class_uid is not a UID: {self.implementation_class_uid!r}")
+        if self.max_meta_inflate < 1:
+            raise ValueError("max_meta_inflate must be positive")
+        build_file_meta("1", "1", "1", self.implementation_class_uid, self.implementation_version_name)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    """``os.write`` until every byte is written (short writes are legal, POSIX write(2))."""
+    done = 0
+    total = len(view)
+    while done < total:
+        n = os.write(fd, view[done:])
+        if n <= 0:
+            # A regular file only writes nothing when the device has no room left.
+            raise OSError(errno.ENOSPC, "write returned 0")
+        done += n
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so the entries created in it survive power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_temp(root: str | os.PathLike[str], min_age_s: float = 0.0) -> int:
+    """Remove leftover temporary files under ``<root>/.tmp``; return how many.
+
+    Call at startup before any writer of ``root`` runs; a worker restarting beside live
+    ones passes ``min_age_s`` (older than any store in progress) to spare their files.
+    """
+    directory = os.path.join(root, TEMP_DIR)
+    os.makedirs(directory, exist_ok=True)
+    limit = time.time() - min_age_s
+    removed = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                if min_age_s and entry.stat(follow_symlinks=False).st_mtime > limit:
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+_NEW, _OPEN, _FINISHED, _PUBLISHED, _ABORTED = range(5)
+
+
+class InstanceWriter:
+    """Streams one C-STORE's data set to a temporary file, then publishes it.
+
+    Order: :meth:`begin`, :meth:`write` per fragment, :meth:`finish`, then publication
+    by a :class:`Publisher` (or :func:`publish_now`). :meth:`abort` is safe at any time.
+    Any failure raises :class:`StoreRefused` after aborting; the same refusal is raised
+    again by later calls and kept in :attr:`refused`. Used as a context manager, an
+    unpublished writer is aborted on exit.
+
+    ``received_at`` (Unix time) is the caller's; when omitted, :meth:`begin` reads the
+    clock.
+    """
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae: str,
+        called_ae: str,
+        *,
+        received_at: float | None = None,
+    ) -> None:
+        self.config = config
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.calling_ae = calling_ae.strip(" ")
+        self.called_ae = called_ae.strip(" ")
+        self.received_at = received_at
+        self.refused: StoreRefused | None = None
+        #: True when ``keep`` found the instance already stored and discarded this copy.
+        self.duplicate = False
+        self.record: InstanceRecord | None = None
+        self.final_path: str | None = None
+        self.temp_path: str | None = None
+        self._fd = -1
+        self._state = _NEW
+        self._size = 0
+        self._hash = hashlib.sha256()
+        self._meta = MetadataExtractor(transfer_syntax_uid, config.max_meta_inflate)
+        # (path, (st_dev, st_ino)) of the root, study and series directories.
+        self._dirs: tuple[tuple[str, tuple[int, int]], ...] = ()
+
+    @property
+    def extractor(self) -> MetadataExtractor:
+        return self._meta
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far, File Meta included."""
+        return self._size
+
+    def __enter__(self) -> InstanceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._state != _PUBLISHED:
+            self.abort()
+
+    def _refuse(self, status: int, reason: str, cause: BaseException | None = None) -> StoreRefused:
+        self.abort()
+        self.refused = StoreRefused(status, reason)
+        self.refused.__cause__ = cause
+        return self.refused
+
+    def _check(self, state: int, what: str) -> None:
+        if self.refused is not None:
+            raise self.refused
+        if self._state != state:
+            raise WriterStateError(f"{what} called in the wrong state")
+
+    def begin(self) -> None:
+        """Check the command's UIDs, open the temporary file, write File Meta (PS3.10 7.1).
+
+        The temporary file is created ``O_EXCL`` with a random name in ``<root>/.tmp``,
+        on the same file system as the final paths so publishing is a rename.
+        """
+        self._check(_NEW, "begin()")
+        if not is_valid_uid(self.sop_instance_uid):
+            raise self._refuse(STATUS_INVALID_INSTANCE, f"Affected SOP Instance UID is not a UID: {self.sop_instance_uid!r}")
+        if not is_valid_uid(self.sop_class_uid):
+            raise self._refuse(STATUS_SOP_CLASS_NOT_SUPPORTED, f"Affected SOP Class UID is not a UID: {self.sop_class_uid!r}")
+        if not is_valid_uid(self.transfer_syntax_uid):
+            raise self._refuse(STATUS_CANNOT_UNDERSTAND, f"transfer syntax is not a UID: {self.transfer_syntax_uid!r}")
+        if self.received_at is None:
+            self.received_at = time.time()
+        config = self.config
+        meta = build_file_meta(
+            self.sop_class_uid,
+            self.sop_instance_uid,
+            self.transfer_syntax_uid,
+            config.implementation_class_uid,
+            config.implementation_version_name,
+            _ae_or_none(self.calling_ae),
+            sending_ae_title=_ae_or_none(self.calling_ae),
+            receiving_ae_title=_ae_or_none(self.called_ae),
+        )
+        temp_dir = os.path.join(config.root, TEMP_DIR)
+        temp_path = os.path.join(temp_dir, secrets.token_hex(16) + ".part")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            try:
+                self._fd = os.open(temp_path, flags, config.file_mode)
+            except FileNotFoundError:
+                os.makedirs(temp_dir, mode=config.dir_mode, exist_ok=True)
+                self._fd = os.open(temp_path, flags, config.file_mode)
+            # Only a file this writer created is ever unlinked by abort().
+            self.temp_path = temp_path
+            self._state = _OPEN
+            _write_all(self._fd, memoryview(meta))
+        except OSError as exc:
+            raise self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot create temporary file: {exc}", exc) from exc
+        self._size = len(meta)
+
+    def write(self, fragment: memoryview | bytes | bytearray) -> None:
+        """Append a data set fragment as received; no copy is made."""
+        self._check(_OPEN, "write()")
+        view = memoryview(fragment)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        try:
+            _write_all(self._fd, view)
+        except OSError as exc:
+            raise self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot write instance: {exc}", exc) from exc
+        self._hash.update(view)
+        self._meta.feed(view)
+        self._size += len(view)
+
+    def finish(self) -> InstanceRecord:
+        """Validate the received data set, create its directories, return its record.
+
+        Checks, in order: the data set's (0008,0016)/(0008,0018) equal the command's
+        (else :data:`STATUS_DATASET_MISMATCH`, or :data:`STATUS_CANNOT_UNDERSTAND` when
+        the extractor failed before finding them); (0020,000D) and (0020,000E) are
+        valid UIDs (the same two statuses). Only then is a path formed. The file is not
+        yet synced or visible: a :class:`Publisher` does that. Idempotent once it
+        succeeded.
+        """
+        if self._state == _FINISHED and self.record is not None:
+            return self.record
+        self._check(_OPEN, "finish()")
+        meta = self._meta.result
+        error = self._meta.error
+        for label, found, expected in (
+            ("SOP Class UID", meta.sop_class_uid, self.sop_class_uid),
+            ("SOP Instance UID", meta.sop_instance_uid, self.sop_instance_uid),
+        ):
+            if found is None and error is not None:
+                raise self._refuse(STATUS_CANNOT_UNDERSTAND, f"data set unreadable before its {label}: {error}")
+            if found != expected:
+                raise self._refuse(
+                    STATUS_DATASET_MISMATCH, f"data set {label} {found!r} differs from the command's {expected!r}"
+                )
+        for label, uid in (("Study Instance UID", meta.study_instance_uid), ("Series Instance UID", meta.series_instance_uid)):
+            if uid is None and error is not None:
+                raise self._refuse(STATUS_CANNOT_UNDERSTAND, f"data set unreadable before its {label}: {error}")
+            if not is_valid_uid(uid):
+                raise self._refuse(STATUS_DATASET_MISMATCH, f"{label} missing or not a UID: {uid!r}")
+        study, series = meta.study_instance_uid, meta.series_instance_uid
+        assert study is not None and series is not None  # is_valid_uid passed for both
+        config = self.config
+        study_dir = os.path.join(config.root, study)
+        series_dir = os.path.join(study_dir, series)
+        relative = f"{study}/{series}/{self.sop_instance_uid}.dcm"
+        self.final_path = os.path.join(series_dir, self.sop_instance_uid + ".dcm")
+        dirs = []
+        try:
+            for directory in (study_dir, series_dir):
+                try:
+                    os.mkdir(directory, config.dir_mode)
+                except FileExistsError:
+                    pass
+            for directory in (config.root, study_dir, series_dir):
+                st = os.stat(directory)
+                dirs.append((directory, (st.st_dev, st.st_ino)))
+        except OSError as exc:
+            raise self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
+        self._dirs = tuple(dirs)
+        if config.duplicate_policy != "overwrite" and os.path.lexists(self.final_path):
+            self._found_duplicate()
+        self.record = InstanceRecord(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            study_instance_uid=study,
+            series_instance_uid=series,
+            patient_id=meta.patient_id,
+            patient_name=meta.patient_name,
+            modality=meta.modality,
+            study_date=meta.study_date,
+            instance_number=meta.instance_number,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            path=relative,
+            size=self._size,
+            sha256=self._hash.hexdigest(),
+            calling_ae=self.calling_ae,
+            called_ae=self.called_ae,
+            received_at=float(self.received_at or 0.0),
+        )
+        self._state = _FINISHED
+        return self.record
+
+    def abort(self) -> None:
+        """Close and unlink the temporary file; never leaves a visible instance."""
+        if self._state in (_PUBLISHED, _ABORTED):
+            return
+        self._state = _ABORTED
+        self._close_quietly()
+        if self.temp_path is not None:
+            try:
+                os.unlink(self.temp_path)
+            except OSError:
+                pass
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def _close_quietly(self) -> None:
+        try:
+            self._close()
+        except OSError:
+            pass
+
+    # The blocking publication steps; a Publisher runs them in an executor thread.
+
+    def _sync_file(self, sync: bool) -> None:
+        """fsync (when ``sync``) and close the temporary file."""
+        if self._state != _FINISHED:
+            raise WriterStateError("publishing a writer that has not finished")
+        if sync and not self.duplicate:
+            os.fsync(self._fd)
+        self._close()
+
+    def _commit(self) -> None:
+        """Make the file visible at its final path.
+
+        ``overwrite`` renames, replacing any earlier copy atomically. ``keep`` and
+        ``reject`` link instead of renaming, because ``link(2)`` fails with EEXIST where
+        ``rename(2)`` would silently clobber a copy stored meanwhile; the temporary name
+        is then unlinked. On a file system without hard links they fall back to
+        check-then-rename, which a concurrent copy of the same instance can race.
+        """
+        assert self.temp_path is not None and self.final_path is not None  # set by begin/finish
+        policy = self.config.duplicate_policy
+        if policy == "overwrite":
+            os.rename(self.temp_path, self.final_path)
+            self._state = _PUBLISHED
+            return
+        if not self.duplicate:
+            try:
+                os.link(self.temp_path, self.final_path)
+            except FileExistsError:
+                self._found_duplicate()
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                if os.path.lexists(self.final_path):
+                    self._found_duplicate()
+                else:
+                    os.rename(self.temp_path, self.final_path)
+                    self._state = _PUBLISHED
+                    return
+        self._state = _PUBLISHED
+        try:
+            os.unlink(self.temp_path)
+        except OSError:
+            pass  # the instance is in place; a leftover temporary name is swept at startup
+
+    def _found_duplicate(self) -> None:
+        if self.config.duplicate_policy == "reject":
+            raise self._refuse(STATUS_DUPLICATE_REFUSED, f"SOP Instance {self.sop_instance_uid} already stored")
+        self.duplicate = True
+
+    def _io_failure(self, exc: OSError | JournalError) -> StoreRefused:
+        if self._state == _PUBLISHED:
+            # The file is visible but its durability or journal entry is not assured;
+            # the peer is told to retry, which stores it again.
+            self.refused = StoreRefused(STATUS_OUT_OF_RESOURCES, f"cannot make instance durable: {exc}")
+            self.refused.__cause__ = exc
+            return self.refused
+        return self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot publish instance: {exc}", exc)
+
+
+class DurableDirs:
+    """Directories whose entry in their parent is known, in this process, to be synced.
+
+    A new file's entry lives in its series directory, which is always fsynced; the
+    series directory's entry lives in the study directory, and the study directory's in
+    the root. Those two parents only need an fsync until one publish has synced them,
+    so this cache remembers ``(st_dev, st_ino)`` per path: a directory deleted and made
+    again has a new inode and is synced again. Unknown means "sync", so the cache is
+    only an optimisation, shared by a :class:`Publisher`'s threads (set operations are
+    atomic under the GIL).
+    """
+
+    # Enough for every study and series a busy worker touches in hours; past it the
+    # cache is emptied, which only costs a few extra directory fsyncs.
+    _MAX_ENTRIES = 1 << 16
+
+    def __init__(self) -> None:
+        self._known: set[tuple[str, tuple[int, int]]] = set()
+
+    def to_sync(self, writer: InstanceWriter) -> list[str]:
+        """Directories to fsync for ``writer``'s file to be durable."""
+        (root, _), study, series = writer._dirs
+        needed = [series[0]]
+        if series not in self._known:
+            needed.append(study[0])
+        if study not in self._known:
+            needed.append(root)
+        return needed
+
+    def learn(self, writer: InstanceWriter) -> None:
+        """``writer``'s directories were all synced."""
+        if len(self._known) > self._MAX_ENTRIES:
+            self._known.clear()
+        self._known.update(writer._dirs[1:])
+
+
+def publish_now(
+    writer: InstanceWriter, journal: JournalWriter | None = None, durable: DurableDirs | None = None
+) -> InstanceRecord:
+    """Publish one finished writer synchronously (blocking), per its config's durability.
+
+    ``fsync`` and ``batch`` (a group of one): fsync the file, rename it into place,
+    fsync its directories (all three levels unless ``durable`` knows better), append
+    the journal frame and fdatasync it. ``none``: rename and append, nothing synced.
+    Returns the record; raises :class:`StoreRefused`.
+    """
+    record = writer.finish()
+    sync = writer.config.durability != "none"
+    try:
+        writer._sync_file(sync)
+        writer._commit()
+        if sync and not writer.duplicate:
+            for directory in (durable or DurableDirs()).to_sync(writer):
+                fsync_dir(directory)
+            if durable is not None:
+                durable.learn(writer)
+        if journal is not None and not writer.duplicate:
+            journal.append_many((record,))
+            if sync:
+                journal.sync()
+    except (OSError, JournalError) as exc:
+        raise writer._io_failure(exc) from exc
+    return record
+
+
+def _commit_group(
+    writers: list[InstanceWriter], journal: JournalWriter | None, durable: DurableDirs
+) -> list[InstanceRecord | StoreRefused]:
+    """One group commit (``batch`` durability): every file fsync, then every rename, then
+    one fsync per distinct directory, then one journal append and fdatasync. Errors are
+    per instance; a directory or journal failure refuses the instances it covers.
+    """
+    results: list[InstanceRecord | StoreRefused | None] = [None] * len(writers)
+    for i, writer in enumerate(writers):
+        try:
+            writer._sync_file(True)
+        except OSError as exc:
+            results[i] = writer._io_failure(exc)
+    for i, writer in enumerate(writers):
+        if results[i] is None:
+            try:
+                writer._commit()
+            except StoreRefused as refused:
+                results[i] = refused
+            except OSError as exc:
+                results[i] = writer._io_failure(exc)
+    by_dir: dict[str, list[int]] = {}
+    for i, writer in enumerate(writers):
+        if results[i] is None and not writer.duplicate:
+            for directory in durable.to_sync(writer):
+                by_dir.setdefault(directory, []).append(i)
+    for directory, members in by_dir.items():
+        try:
+            fsync_dir(directory)
+        except OSError as exc:
+            for i in members:
+                if results[i] is None:
+                    results[i] = writers[i]._io_failure(exc)
+    for i, writer in enumerate(writers):
+        if results[i] is None and not writer.duplicate:
+            durable.learn(writer)
+    journalled = [i for i, w in enumerate(writers) if results[i] is None and not w.duplicate]
+    if journal is not None and journalled:
+        try:
+            journal.append_many([r for i in journalled if (r := writers[i].record) is not None])
+            journal.sync()
+        except (OSError, JournalError) as exc:
+            for i in journalled:
+                results[i] = writers[i]._io_failure(exc)
+    out: list[InstanceRecord | StoreRefused] = []
+    for writer, result in zip(writers, results):
+        if result is None:
+            assert writer.record is not None  # finish() succeeded before grouping
+            result = writer.record
+        out.append(result)
+    return out
+
+
+class Publisher:
+    """Publishes finished writers for an asyncio worker without blocking its loop.
+
+    ``fsync``: each publish runs :func:`publish_now` in ``executor`` (the loop's default
+    executor when None). Threads are used because fsync, rename and fdatasync have no
+    non-blocking form asyncio can await, each can take milliseconds, and they release
+    the GIL, so a few threads overlap them for real. ``batch``: publishes arriving
+    within ``batch_window_ms``, or ``batch_max`` of them, go to the executor as one
+    group commit; while a group is in flight the next one gathers, and starts as soon
+    as it lands. ``none``: rename and journal append inline.
+
+    The journal append happens after the rename and before ``publish`` returns, with
+    the durability of the instance (one fdatasync per group under ``batch``).
+    """
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        journal: JournalWriter | None = None,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.config = config
+        self._loop = loop
+        self._journal = journal
+        self._executor = executor
+        self._pending: list[tuple[InstanceWriter, asyncio.Future[InstanceRecord]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: asyncio.Future[list[InstanceRecord | StoreRefused]] | None = None
+        self._durable = DurableDirs()
+        #: Group commits started (``batch``); for metrics and tests.
+        self.groups = 0
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def publish(self, writer: InstanceWriter) -> InstanceRecord:
+        """Finish (if needed) and publish ``writer``; return its record once durable.
+
+        Raises :class:`StoreRefused`; the writer is then aborted (or, if the failure came
+        after the rename, left visible and refused so the peer sends it again).
+        Cancelling the wait does not stop a publication already handed to a thread.
+        """
+        record = writer.finish()
+        durability = self.config.durability
+        if durability == "none":
+            return publish_now(writer, self._journal)
+        loop = self._get_loop()
+        if durability == "fsync":
+            return await loop.run_in_executor(self._executor, publish_now, writer, self._journal, self._durable)
+        future: asyncio.Future[InstanceRecord] = loop.create_future()
+        self._pending.append((writer, future))
+        if self._inflight is None:
+            if len(self._pending) >= self.config.batch_max:
+                self._flush()
+            elif self._timer is None:
+                self._timer = loop.call_later(self.config.batch_window_ms / 1000.0, self._flush)
+        await future
+        return record
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._inflight is not None or not self._pending:
+            return
+        group, self._pending = self._pending, []
+        self.groups += 1
+        loop = self._get_loop()
+        self._inflight = loop.run_in_executor(
+            self._executor, _commit_group, [writer for writer, _ in group], self._journal, self._durable
+        )
+        self._inflight.add_done_callback(lambda done: self._landed(group, done))
+
+    def _landed(
+        self,
+        group: list[tuple[InstanceWriter, asyncio.Future[InstanceRecord]]],
+        done: asyncio.Future[list[InstanceRecord | StoreRefused]],
+    ) -> None:
+        self._inflight = None
+        if done.cancelled():
+            failure: BaseException | None = StoreRefused(STATUS_OUT_OF_RESOURCES, "group commit cancelled")
+        else:
+            failure = done.exception()
+        for i, (writer, future) in enumerate(group):
+            if failure is not None:
+                writer.abort()
+            if future.done():
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+                continue
+            result = done.result()[i]
+            if isinstance(result, StoreRefused):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._flush()
+
+    async def aclose(self) -> None:
+        """Commit everything pending and wait for it."""
+        while self._pending or self._inflight is not None:
+            if self._inflight is None:
+                self._flush()
+            inflight = self._inflight
+            if inflight is not None:
+                await asyncio.wait((inflight,))
+                await asyncio.sleep(0)
