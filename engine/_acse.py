@@ -23,11 +23,11 @@ from ._pdu import (
     AAssociateRJ,
     AAssociateRQ,
     PresentationContextRQ,
-    RoleSelection,
     UserIdentityAC,
     UserInformation,
 )
-from .presentation import PresentationContext, negotiate_as_acceptor
+from ._config import IMPLEMENTATION_CLASS_UID
+from .presentation import PresentationContext, negotiate_as_acceptor, role_selections_for
 
 __all__ = [
     "AcceptorPolicy",
@@ -95,7 +95,7 @@ class AcceptorPolicy:
     ae_title: bytes
     supported_contexts: Sequence[PresentationContext]
     maximum_pdu_size: int = 16382
-    implementation_class_uid: str = ""
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str | None = None
     require_called_aet: bool = False
     require_calling_aet: Sequence[bytes] = field(default_factory=tuple)
@@ -197,6 +197,9 @@ def build_request(
 
     ``extended`` holds extra user-information sub-items (role selection, SOP class
     extended/common extended negotiation, user identity) as :mod:`engine._pdu` structs.
+    Context roles become one Role Selection item per SOP class (PS3.7 D.3.3.4);
+    :func:`~engine.presentation.role_selections_for` raises ``ValueError`` for a
+    proposal of neither role or for conflicting proposals for one SOP class.
     """
     roles = []
     others: dict[str, list] = {"sop_class_extended": [], "sop_class_common_extended": []}
@@ -213,15 +216,9 @@ def build_request(
             identity = item
         else:
             raise TypeError(f"unsupported extended negotiation item {item!r}")
-    for cx in contexts:
-        if cx.scu_role is not None or cx.scp_role is not None:
-            roles.append(
-                RoleSelection(
-                    sop_class_uid=str(cx.abstract_syntax),
-                    scu_role=bool(cx.scu_role),
-                    scp_role=bool(cx.scp_role),
-                )
-            )
+    # PS3.7 D.3.3.4: one item per SOP class, not per context; an explicit item wins.
+    explicit = {role.sop_class_uid for role in roles}
+    roles.extend(r for r in role_selections_for(contexts) if r.sop_class_uid not in explicit)
     return AAssociateRQ(
         called_ae_title=called_ae_title,
         calling_ae_title=calling_ae_title,

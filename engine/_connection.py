@@ -165,6 +165,7 @@ class Connection:
         "protocol_error",
         "_release_requested",
         "_dead_input",
+        "_dimse_dead",
         "_pending_request_max",
     )
 
@@ -193,6 +194,7 @@ class Connection:
         self.protocol_error: RemoteProtocolError | None = None
         self._release_requested = False
         self._dead_input = False
+        self._dimse_dead = False
         self._pending_request_max = 0
 
     # -- state --------------------------------------------------------------------------
@@ -292,8 +294,8 @@ class Connection:
 
     def release(self, now: float) -> None:
         """A-RELEASE request (Evt11)."""
-        self._release_requested = True
         self._run(Event.Evt11, now, AReleaseRQ())
+        self._release_requested = True
 
     def release_response(self, now: float) -> None:
         """A-RELEASE response (Evt14)."""
@@ -311,7 +313,7 @@ class Connection:
         for out in self.machine.handle(event, now, payload):
             kind = type(out)
             if kind is Indicate:
-                self._indicate(out, now)
+                self._indicate(out, now, event)
             elif kind is SendBuffers:
                 self._out.extend(out.buffers)
             elif kind is SendPDU:
@@ -321,7 +323,7 @@ class Connection:
             elif kind is ConnectTransport:
                 self.wants_connect = True
 
-    def _indicate(self, out: Indicate, now: float) -> None:
+    def _indicate(self, out: Indicate, now: float, event: Event) -> None:
         primitive = out.primitive
         if primitive is Primitive.P_DATA_INDICATION:
             self._deliver_pdata(out.pdu, now)
@@ -350,10 +352,15 @@ class Connection:
                     Aborted(None, None, local=False, detail="transport connection closed")
                 )
             else:
-                # AA-8: we detected the error and sent this provider A-ABORT ourselves.
-                self._events.append(Aborted(pdu.source, pdu.reason, local=True))
+                # AA-3 (Evt16): the peer's provider-source A-ABORT; AA-8: we detected the
+                # error and sent this provider A-ABORT ourselves (PS3.8 Table 9-9).
+                self._events.append(
+                    Aborted(pdu.source, pdu.reason, local=event is not Event.Evt16)
+                )
 
     def _deliver_pdata(self, pdu: PDataTF, now: float) -> None:
+        if self._dimse_dead:
+            return
         feed = self.assembler.feed
         events = self._events
         try:
@@ -362,7 +369,8 @@ class Connection:
         except RemoteProtocolError as exc:
             # DIMSE is the DUL's service user: its protocol errors are service-user
             # aborts (A-ABORT request, Evt15), not provider ones.
-            self._dead_input = True
+            # The PDU framer still runs: the peer's A-ABORT or close ends Sta13 (AA-2).
+            self._dimse_dead = True
             self.protocol_error = exc
             self._events.append(
                 Aborted(ABORT_SOURCE_USER, 0, local=True, detail=str(exc))

@@ -92,8 +92,13 @@ class Event(enum.Enum):
     Evt19 = "Unrecognized or invalid PDU received"
 
 
+@enum.unique
 class Action(enum.Enum):
-    """PS3.8 Tables 9-6 to 9-9 actions."""
+    """PS3.8 Tables 9-6 to 9-9 actions.
+
+    AR-5 and AA-5 have the same wording in the standard; their values name their table
+    so that the two stay distinct members (equal values would make one an alias).
+    """
 
     AE_1 = "Issue TRANSPORT CONNECT request primitive to local transport service"
     AE_2 = "Send A-ASSOCIATE-RQ-PDU"
@@ -113,7 +118,7 @@ class Action(enum.Enum):
     AR_2 = "Issue A-RELEASE indication primitive"
     AR_3 = "Issue A-RELEASE confirmation primitive, and close transport connection"
     AR_4 = "Issue A-RELEASE-RP PDU and start ARTIM timer"
-    AR_5 = "Stop ARTIM timer"
+    AR_5 = "Stop ARTIM timer (Table 9-8, association release)"
     AR_6 = "Issue P-DATA indication"
     AR_7 = "Issue P-DATA-TF PDU"
     AR_8 = "Issue A-RELEASE indication (release collision)"
@@ -130,7 +135,7 @@ class Action(enum.Enum):
         "indication and close transport connection"
     )
     AA_4 = "Issue A-P-ABORT indication primitive"
-    AA_5 = "Stop ARTIM timer"
+    AA_5 = "Stop ARTIM timer (Table 9-9, association abort)"
     AA_6 = "Ignore PDU"
     AA_7 = "Send A-ABORT PDU"
     AA_8 = (
@@ -295,7 +300,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], tuple[Action, State | tuple[State, 
     (S.Sta13, E.Evt17): (A.AR_5, S.Sta1),
     # Evt18: ARTIM timer expired
     (S.Sta2, E.Evt18): (A.AA_2, S.Sta1),
-    (S.Sta13, E.Evt18): (A.AR_5, S.Sta1),
+    (S.Sta13, E.Evt18): (A.AA_2, S.Sta1),
     # Evt19: Unrecognized or invalid PDU received
     (S.Sta2, E.Evt19): (A.AA_1, S.Sta13),
     (S.Sta3, E.Evt19): (A.AA_8, S.Sta13),
@@ -509,10 +514,9 @@ class DULStateMachine:
         return [SendPDU(rp)], 0
 
     def _AR_5(self, now: float, _: Any) -> tuple[list, int]:
+        # Only Sta13 + Evt17: the transport is already closed, so nothing is left to close.
         self._stop_artim()
-        # On Evt17 the transport is already closed; on Evt18 (ARTIM expiry in Sta13) the
-        # association no longer exists and we stop waiting for the peer (PS3.8 9.1.5).
-        return [_CLOSE], 0
+        return [], 0
 
     def _AR_6(self, now: float, pdu: Any) -> tuple[list, int]:
         return [Indicate(Primitive.P_DATA_INDICATION, pdu)], 0

@@ -63,6 +63,7 @@ from ._dimse import (
     iter_dataset_pdus,
 )
 from ._errors import ABORT_SOURCE_USER, LocalProtocolError
+from ._fsm import State
 from ._pdu import AAssociateRJ
 from .dataset import UNCOMPRESSED, dataset_transfer_syntax, encode_dataset
 from .presentation import PresentationContext, negotiate_as_requestor
@@ -363,6 +364,8 @@ class Association:
 
     def _transport_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        if self.server is not None:
+            self.server._register(self)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         remote, me = (self.acceptor, self.requestor) if self.is_requestor else (
@@ -490,10 +493,15 @@ class Association:
         elif kind is AssociationRejected:
             self._on_rejected(event)
         elif kind is ReleaseRequested:
-            self.conn.release_response(self.loop.time())
+            # PS3.8 Table 9-10: the requestor answers a collision at once (Sta9, AR-9);
+            # the acceptor (Sta10) must first receive the A-RELEASE-RP (AR-10, Sta12).
+            if not event.collision or self.is_requestor:
+                self.conn.release_response(self.loop.time())
             if not event.collision:
                 self._mark_released()
         elif kind is ReleaseConfirmed:
+            if self.conn.state is State.Sta12:
+                self.conn.release_response(self.loop.time())
             self._mark_released()
         elif kind is Aborted:
             if self.abort_info is None:
@@ -781,11 +789,14 @@ class Association:
         task.add_done_callback(lambda t: self._unblock(t, then))
 
     def _unblock(self, task: asyncio.Task, then: Callable[[Any], None]) -> None:
-        try:
-            result = task.result()
-        except Exception as exc:  # a handler's bug must not kill the association
-            log.exception("%s: handler failed", self._peer_label())
-            result = (_status.ERROR_CANNOT_UNDERSTAND, f"handler failed: {exc}")
+        if task.cancelled():  # the loop shutting down under a slow sink or handler
+            result = (_status.ERROR_CANNOT_UNDERSTAND, "cancelled")
+        else:
+            try:
+                result = task.result()
+            except Exception as exc:  # a handler's bug must not kill the association
+                log.exception("%s: handler failed", self._peer_label())
+                result = (_status.ERROR_CANNOT_UNDERSTAND, f"handler failed: {exc}")
         self._busy = False
         then(result)
         while self._backlog and not self._busy:
@@ -969,6 +980,34 @@ class Association:
                                       stream=(fobj, size))
         return _status_dataset(rsp)
 
+    async def send_c_store_raw(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes | memoryview,
+        msg_id: int | None = None,
+        priority: int = 2,
+    ) -> CStoreRSP | None:
+        """C-STORE (PS3.7 9.3.1) of a data set already encoded in ``transfer_syntax_uid``.
+
+        The bytes go out as they are (no decoding, no re-encoding) on the accepted
+        context for that SOP class and transfer syntax; they are referenced, not copied,
+        so they must not change until the response came. For senders in a hot loop, it
+        returns the C-STORE-RSP message itself (``.status``, ``.error_comment``) rather
+        than a pydicom Dataset, or None when no response came (aborted, timed out).
+        Raises ValueError if no such context was accepted.
+        """
+        context = self._find_context(sop_class_uid, transfer_syntax_uid)
+        message_id = msg_id if msg_id is not None else self._next_message_id()
+        rq = CStoreRQ(
+            message_id=message_id,
+            affected_sop_class_uid=sop_class_uid,
+            affected_sop_instance_uid=sop_instance_uid,
+            priority=priority,
+        )
+        return await self._request(context.context_id, rq, message_id, dataset=dataset)
+
     def _find_context(self, abstract_syntax: str,
                       transfer_syntax: str | None = None) -> PresentationContext:
         for cx in self.accepted_contexts:
@@ -1042,14 +1081,34 @@ async def _finish_sink(sink: Any) -> Any:
     return await sink.finish()
 
 
+#: Error Comment (0000,0902) is LO: at most 64 characters (PS3.5 6.2, PS3.7 C.4).
+_ERROR_COMMENT_MAX = 64
+
+
 def _status_of(result: Any) -> tuple[int, str | None]:
-    """A handler's answer as (status, error comment): int, (int, str) or a Dataset."""
-    if isinstance(result, tuple):
-        code, comment = result[0], result[1] if len(result) > 1 else None
-        return int(code), comment
-    if isinstance(result, Dataset):
-        return int(result.Status), getattr(result, "ErrorComment", None)
-    return int(result), None
+    """A handler's answer as (status, error comment): int, (int, str) or a Dataset.
+
+    Never raises: the answer is turned into a response inside a done-callback, where an
+    exception would leave the association paused with no response sent. A status that
+    is not a US value becomes 0xC000; a comment is made printable ASCII and cut to the
+    64 characters of an LO (a handler's exception text easily exceeds that).
+    """
+    try:
+        if isinstance(result, tuple):
+            code, comment = result[0], result[1] if len(result) > 1 else None
+        elif isinstance(result, Dataset):
+            code, comment = result.Status, getattr(result, "ErrorComment", None)
+        else:
+            code, comment = result, None
+        code = int(code)
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return _status.ERROR_CANNOT_UNDERSTAND, f"invalid answer {type(result).__name__}"
+    if not 0 <= code <= 0xFFFF:
+        return _status.ERROR_CANNOT_UNDERSTAND, "handler answered a status outside 0..0xFFFF"
+    if comment is not None:
+        text = "".join(c if c.isascii() and c.isprintable() else "?" for c in str(comment))
+        comment = text[:_ERROR_COMMENT_MAX] or None
+    return code, comment
 
 
 def _status_dataset(rsp: Any) -> Dataset:
@@ -1173,6 +1232,7 @@ class AssociationServer:
         self._server: asyncio.AbstractServer | None = None
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
+        self._closing = False
 
     def _new_association(self) -> Association:
         cfg = self.config
@@ -1187,9 +1247,19 @@ class AssociationServer:
             ae=cfg.ae,
             server=self,
         )
+        return assoc
+
+    def _register(self, assoc: Association) -> None:
+        """Count ``assoc`` as live. Called when its transport is made, i.e. after any
+        TLS handshake: a connection whose handshake fails never reaches the protocol
+        (no ``connection_lost`` either), so counting it earlier would leave it in
+        ``active`` for ever and stall :meth:`close`. One made while closing is aborted."""
+        if assoc in self.active:
+            return
         self.active.add(assoc)
         self._idle.clear()
-        return assoc
+        if self._closing:
+            self.loop.call_soon(assoc.abort)
 
     def _protocol_factory(self) -> _ULProtocol:
         return _ULProtocol(self._new_association())
@@ -1223,6 +1293,7 @@ class AssociationServer:
     async def adopt(self, sock: socket.socket) -> Association:
         """Serve an already-accepted connection (handed over by a listener process)."""
         assoc = self._new_association()
+        self._register(assoc)  # live from now: close() waits for its handshake too
         try:
             await self.loop.connect_accepted_socket(
                 lambda: _ULProtocol(assoc), sock, ssl=self.config.ssl_context
@@ -1239,6 +1310,7 @@ class AssociationServer:
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop accepting, give live associations ``grace`` seconds, abort the rest."""
+        self._closing = True
         self.stop_listening()
         if self._server is not None:
             await self._server.wait_closed()
