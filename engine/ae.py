@@ -217,13 +217,18 @@ class ApplicationEntity(ApplicationEntityConfig):
         return None
 
     def shutdown(self) -> None:
-        """Stop every server of this AE and abort its requested associations."""
+        """Stop every server of this AE, abort its requested associations and stop its
+        loop thread (pynetdicom: "Stop any active association servers and threads").
+        The AE stays usable: a later call starts a new loop thread."""
         for server in list(self._servers):
             server.shutdown()
         for assoc in list(self._requestors):
             if assoc.is_alive():
                 assoc.abort()
         self._requestors.clear()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.stop()
 
 
 #: pynetdicom's short alias.

@@ -117,10 +117,14 @@ class Association:
 
     def release(self) -> None:
         """Release the association and wait for the connection to close."""
+        if not self._inner.is_established:
+            return  # nothing to release (and the AE's loop may be gone after shutdown)
         self._runner.run(self._inner.release())
 
     def abort(self) -> None:
         """Abort the association at once."""
+        if not self.is_alive():
+            return  # already over (and the AE's loop may be gone after shutdown)
         self._runner.run(_call(self._inner.abort))
 
     def __repr__(self) -> str:

@@ -153,15 +153,23 @@ class Event:
     @property
     def file_meta(self) -> Any:
         """A File Meta Information group for the received data set (PS3.10 7.1)."""
+        from ._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
         from .dataset import build_file_meta
 
         request = self.request
+        # An engine.aio server need not have an ApplicationEntity: use scpfleet's own.
+        ae = self.assoc.ae
         return build_file_meta(
             sop_class_uid=request.AffectedSOPClassUID,
             sop_instance_uid=request.AffectedSOPInstanceUID,
             transfer_syntax_uid=str(self.context.transfer_syntax[0]),
-            implementation_class_uid=self.assoc.ae.implementation_class_uid,
-            implementation_version_name=self.assoc.ae.implementation_version_name,
+            implementation_class_uid=(
+                ae.implementation_class_uid if ae is not None else IMPLEMENTATION_CLASS_UID
+            ),
+            implementation_version_name=(
+                ae.implementation_version_name if ae is not None
+                else IMPLEMENTATION_VERSION_NAME
+            ),
             source_ae_title=self.assoc.requestor.ae_title,
         )
 

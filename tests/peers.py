@@ -578,6 +578,8 @@ class PynetdicomStorescp(_ScpBase):
             return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ready = _log_dir(self.log_dir) / f"pynetdicom-scp-{next(_SEQ)}.ready"
+        # Numbering restarts in each process: never read another run's leftover file.
+        ready.unlink(missing_ok=True)
         argv = [
             sys.executable, str(PEER_SCRIPT), "scp", "--out", str(self.out_dir),
             "--ready-file", str(ready), "--aet", self.aetitle,
