@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import os
 import socket
@@ -63,7 +64,7 @@ from ._dimse import (
     iter_dataset_pdus,
 )
 from ._errors import ABORT_SOURCE_USER, LocalProtocolError
-from ._fsm import State
+from ._fsm import Event, State
 from ._pdu import AAssociateRJ
 from .dataset import UNCOMPRESSED, dataset_transfer_syntax, encode_dataset
 from .presentation import PresentationContext, negotiate_as_requestor
@@ -76,6 +77,7 @@ __all__ = [
     "StoreRequest",
     "StoreSink",
     "associate",
+    "address_allowed",
     "install_uvloop",
     "new_event_loop",
     "ServiceUserInfo",
@@ -186,6 +188,29 @@ class ServerConfig:
     #: when one more association may be accepted.
     admission: Callable[[], bool] | None = None
     ae: Any = None
+    #: Peer address allow-list: None admits every address; otherwise a connection whose
+    #: peer address lies in none of these networks is closed before any PDU is read (no
+    #: A-ASSOCIATE-RJ: an unknown host learns nothing, not even that this is DICOM).
+    allowed_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
+
+
+def address_allowed(
+    host: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None
+) -> bool:
+    """Whether peer address ``host`` lies in one of ``networks`` (None: any address).
+
+    An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, a dual-stack socket) is judged as
+    the IPv4 address it carries; anything that is not an IP address is refused.
+    """
+    if networks is None:
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 @dataclass
@@ -364,9 +389,14 @@ class Association:
 
     def _transport_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        if self.server is not None and not self.server.peer_allowed(peer):
+            # Closed before the state machine starts: no PDU is read or answered.
+            log.warning("connection from %s refused: address not allowed", peer)
+            transport.abort()
+            return
         if self.server is not None:
             self.server._register(self)
-        peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         remote, me = (self.acceptor, self.requestor) if self.is_requestor else (
             self.requestor,
@@ -493,6 +523,11 @@ class Association:
         elif kind is AssociationRejected:
             self._on_rejected(event)
         elif kind is ReleaseRequested:
+            if self.conn.machine.transition_for(Event.Evt14) is None:
+                # A PDU read together with the A-RELEASE-RQ already ended the association
+                # (Sta8 + Evt10 -> AA-8, Evt16 -> AA-3), or this is the acceptor's side of
+                # a collision (Sta10), which answers only after the A-RELEASE-RP.
+                return
             # PS3.8 Table 9-10: the requestor answers a collision at once (Sta9, AR-9);
             # the acceptor (Sta10) must first receive the A-RELEASE-RP (AR-10, Sta12).
             if not event.collision or self.is_requestor:
@@ -524,6 +559,10 @@ class Association:
         )
 
     def _on_requested(self, event: AssociationRequested) -> None:
+        if self.conn.state is not State.Sta3:
+            # A PDU read together with the A-ASSOCIATE-RQ already ended the association
+            # (Sta3 + Evt10/Evt12/... -> AA-8, Evt16 -> AA-3): there is nothing to answer.
+            return
         rq = event.request
         ui = rq.user_information
         self.requestor.ae_title = rq.calling_ae_title
@@ -667,6 +706,10 @@ class Association:
     # -- acceptor: DIMSE messages ---------------------------------------------------------
 
     def _on_command(self, event: CommandReceived) -> None:
+        if not self.conn.is_established:
+            # The association ended (we aborted on an earlier message of the same read):
+            # a message decoded before that must not be served or stored.
+            return
         cmd = event.command
         kind = type(cmd)
         if kind is CStoreRQ:
@@ -708,6 +751,17 @@ class Association:
         context = self._context(context_id)
         if context is None:
             self._local_abort(f"C-STORE on presentation context {context_id} not accepted")
+            return
+        if not cmd.has_dataset:
+            # PS3.7 Table 9.3-1: a C-STORE-RQ always carries a data set. Answer at once:
+            # no data will come to finish a sink, so none may be opened.
+            self._respond(context_id, CStoreRSP(
+                message_id_being_responded_to=cmd.message_id,
+                status=_status.ERROR_CANNOT_UNDERSTAND,
+                affected_sop_class_uid=cmd.affected_sop_class_uid,
+                affected_sop_instance_uid=cmd.affected_sop_instance_uid,
+                error_comment="C-STORE-RQ without a data set",
+            ))
             return
         request = StoreRequest(cmd, context_id, str(context.transfer_syntax[0]))
         self._store_request = request
@@ -1261,6 +1315,14 @@ class AssociationServer:
         if self._closing:
             self.loop.call_soon(assoc.abort)
 
+    def peer_allowed(self, peer: Any) -> bool:
+        """Whether a connection from ``peer`` (a socket address) may be served
+        (:attr:`ServerConfig.allowed_networks`)."""
+        networks = self.config.allowed_networks
+        if networks is None:
+            return True
+        return isinstance(peer, tuple) and address_allowed(str(peer[0]), networks)
+
     def _protocol_factory(self) -> _ULProtocol:
         return _ULProtocol(self._new_association())
 
@@ -1291,7 +1353,19 @@ class AssociationServer:
         return self._server.sockets[0].getsockname()[:2]
 
     async def adopt(self, sock: socket.socket) -> Association:
-        """Serve an already-accepted connection (handed over by a listener process)."""
+        """Serve an already-accepted connection (handed over by a listener process).
+
+        A peer outside :attr:`ServerConfig.allowed_networks` is closed here, before any
+        TLS handshake, and ``ConnectionRefusedError`` is raised.
+        """
+        if self.config.allowed_networks is not None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = None
+            if not self.peer_allowed(peer):
+                sock.close()
+                raise ConnectionRefusedError(f"peer address {peer} is not allowed")
         assoc = self._new_association()
         self._register(assoc)  # live from now: close() waits for its handshake too
         try:

@@ -135,16 +135,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def dcmtk_tool(tool: str) -> str | None:
+    """The path of DCMTK's ``tool``, never a same-named script of another package.
+
+    pynetdicom installs ``storescp``/``storescu``/``echoscu`` console scripts into the
+    virtualenv; with the venv on PATH they would shadow DCMTK's binaries. Scripts in the
+    running interpreter's bin directory are skipped.
+    """
+    venv_bin = os.path.realpath(os.path.dirname(sys.executable))
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not directory or os.path.realpath(directory) == venv_bin:
+            continue
+        found = shutil.which(tool, path=directory)
+        if found:
+            return found
+    return None
+
+
 def dcmtk_available() -> bool:
-    """True if storescp, storescu and echoscu are all on PATH."""
-    return all(shutil.which(tool) for tool in DCMTK_TOOLS)
+    """True if DCMTK's storescp, storescu and echoscu are all on PATH."""
+    return all(dcmtk_tool(tool) for tool in DCMTK_TOOLS)
 
 
 def require_dcmtk() -> None:
     """Skip the calling test loudly if the DCMTK tools are missing; in CI, fail instead."""
     if dcmtk_available():
         return
-    missing = [t for t in DCMTK_TOOLS if not shutil.which(t)]
+    missing = [t for t in DCMTK_TOOLS if not dcmtk_tool(t)]
     msg = (
         f"DCMTK NOT INSTALLED ({', '.join(missing)} missing from PATH): interoperability "
         "against the reference peer was NOT tested. Install it: apt-get install dcmtk "
@@ -272,7 +289,7 @@ class _Proc:
 
 
 def _require_tool(tool: str) -> str:
-    path = shutil.which(tool)
+    path = dcmtk_tool(tool)
     if path is None:
         require_dcmtk()
         raise PeerError(f"{tool} not found on PATH")
