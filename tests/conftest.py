@@ -1,7 +1,8 @@
 """Shared test configuration: markers, the slow-test switch, default timeout, peer fixtures.
 
 Theory of operation: this file owns what every test directory shares. It registers the
-markers `slow` (soak, fuzz and large runs: skipped unless --run-slow or SCPFLEET_SLOW=1)
+markers `slow` (soak, fuzz and large runs: skipped unless --run-slow or SCPFLEET_SLOW=1;
+CI (SCPFLEET_CI=1) runs them bounded, scaled by the `slow_scale` fixture)
 and `interop` (tests that talk to external peers); gives every test a 120 s timeout when
 pytest-timeout is loaded and no timeout was configured (CLI, PYTEST_TIMEOUT, ini) or marked;
 and provides DICOM corpora (tests/dicomdata.py) and real-peer factories (tests/peers.py)
@@ -43,8 +44,27 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _slow_enabled(config: pytest.Config) -> bool:
+def _slow_full(config: pytest.Config) -> bool:
     return bool(config.getoption("--run-slow")) or os.environ.get("SCPFLEET_SLOW") == "1"
+
+
+def _slow_enabled(config: pytest.Config) -> bool:
+    """Slow tests run in full on demand, and in a bounded form in CI (SCPFLEET_CI=1)."""
+    return _slow_full(config) or os.environ.get("SCPFLEET_CI") == "1"
+
+
+#: The fraction of its full size a slow test runs at in CI: enough to exercise every
+#: path (kill -9 mid-load, multi-hundred-MB streaming, fuzzing) within CI's time.
+CI_SLOW_SCALE = 0.125
+
+
+@pytest.fixture(scope="session")
+def slow_scale(request: pytest.FixtureRequest) -> float:
+    """1.0 when slow tests run in full (--run-slow), CI_SLOW_SCALE in CI's bounded run.
+
+    Slow tests multiply their sizes, counts and durations by this.
+    """
+    return 1.0 if _slow_full(request.config) else CI_SLOW_SCALE
 
 
 def _timeout_configured(config: pytest.Config) -> bool:
@@ -60,7 +80,9 @@ def _timeout_configured(config: pytest.Config) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_slow = None
     if not _slow_enabled(config):
-        skip_slow = pytest.mark.skip(reason="slow test: use --run-slow or SCPFLEET_SLOW=1")
+        skip_slow = pytest.mark.skip(
+            reason="slow test: use --run-slow or SCPFLEET_SLOW=1 (CI runs it bounded)"
+        )
     default_timeout = None
     if config.pluginmanager.hasplugin("timeout") and not _timeout_configured(config):
         default_timeout = pytest.mark.timeout(DEFAULT_TIMEOUT_S)
