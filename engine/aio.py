@@ -90,6 +90,8 @@ log = logging.getLogger("scpfleet.engine")
 _FILE_READ_SIZE = 1 << 20
 #: Transport write-buffer high-water mark before a streaming send waits for drain.
 _WRITE_HIGH_WATER = 4 << 20
+#: How long a closing transport may take to flush when no ARTIM time is configured.
+_CLOSE_GRACE_S = 30.0
 
 
 def install_uvloop() -> bool:
@@ -426,11 +428,25 @@ class Association:
     def _pause_writing(self) -> None:
         if self._write_waiter is None:
             self._write_waiter = self.loop.create_future()
+        if not self.is_requestor and self.transport is not None:
+            # A peer that sends requests but does not read our answers must not make us
+            # queue them without bound: read no more until the transport has drained.
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):  # closing or not a reading transport
+                pass
 
     def _resume_writing(self) -> None:
         waiter, self._write_waiter = self._write_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        transport = self.transport
+        if (not self.is_requestor and not self._busy and transport is not None
+                and not transport.is_closing()):
+            try:
+                transport.resume_reading()
+            except (RuntimeError, AttributeError):
+                pass
 
     async def _drain(self) -> None:
         waiter = self._write_waiter
@@ -454,9 +470,24 @@ class Association:
                     self._backlog.append(event)
                 else:
                     self._dispatch(event)
-        if conn.wants_close and transport is not None and not transport.is_closing():
-            transport.close()
+        if conn.wants_close:
+            self._close_transport()
         self._arm_timer()
+
+    def _close_transport(self) -> None:
+        """Close the transport, flushing what is buffered; a peer that does not take it
+        within the ARTIM time is dropped (it must not hold the connection, and the
+        association slot counted until it closes, for as long as it declines to read)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        grace = self.acse_timeout if self.acse_timeout is not None else _CLOSE_GRACE_S
+        self.loop.call_later(grace, self._drop_transport, transport)
+
+    def _drop_transport(self, transport: asyncio.Transport) -> None:
+        if not self.closed.done():
+            transport.abort()
 
     def _arm_timer(self) -> None:
         deadline = self.conn.next_deadline()
@@ -502,7 +533,7 @@ class Association:
         # After our A-ABORT the association no longer exists: do not wait for the peer.
         if self.transport is not None and not self.transport.is_closing():
             self._pump()
-            self.transport.close()
+            self._close_transport()
 
     # -- dispatch -----------------------------------------------------------------------
 
@@ -553,6 +584,9 @@ class Association:
             rj = provider_check(rq)
             if rj is None and not server.config.admission():
                 rj = provider_check(rq, active=1, maximum=0)
+                # Recorded like a service-user rejection, for the server's logs and stats.
+                self.rejection = rj
+                self.is_rejected = True
             return rj
         return provider_check(
             rq, active=server.established_count, maximum=server.config.maximum_associations
@@ -855,7 +889,8 @@ class Association:
         then(result)
         while self._backlog and not self._busy:
             self._dispatch(self._backlog.popleft())
-        if not self._busy and self.transport is not None and not self.transport.is_closing():
+        if (not self._busy and self._write_waiter is None and self.transport is not None
+                and not self.transport.is_closing()):
             try:
                 self.transport.resume_reading()
             except (RuntimeError, AttributeError):
@@ -1123,7 +1158,9 @@ class Association:
 
     def _peer_label(self) -> str:
         peer = self.acceptor if self.is_requestor else self.requestor
-        title = peer.ae_title.strip().decode(errors="replace") if peer.ae_title else "?"
+        title = peer.ae_title.strip().decode("ascii", "replace") if peer.ae_title else "?"
+        # The title is any 16 bytes the peer chose: no line breaks into our logs (CWE-117).
+        title = "".join(c if c.isprintable() else "?" for c in title)
         return f"{title}@{peer.address}:{peer.port}"
 
     def __repr__(self) -> str:
@@ -1337,14 +1374,21 @@ class AssociationServer:
         if sock is not None:
             self._server = await self.loop.create_server(
                 self._protocol_factory, sock=sock, ssl=self.config.ssl_context,
-                backlog=backlog,
+                backlog=backlog, **self._tls_options(),
             )
         else:
             self._server = await self.loop.create_server(
                 self._protocol_factory, host, port, ssl=self.config.ssl_context,
-                reuse_address=True, backlog=backlog,
+                reuse_address=True, backlog=backlog, **self._tls_options(),
             )
         return self.address
+
+    def _tls_options(self) -> dict[str, float]:
+        """The TLS handshake precedes the A-ASSOCIATE-RQ, so ARTIM does not run yet: bound
+        it by the same ACSE timeout (asyncio's default would hold a silent peer 60 s)."""
+        if self.config.ssl_context is None or not self.config.acse_timeout:
+            return {}
+        return {"ssl_handshake_timeout": float(self.config.acse_timeout)}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -1370,7 +1414,8 @@ class AssociationServer:
         self._register(assoc)  # live from now: close() waits for its handshake too
         try:
             await self.loop.connect_accepted_socket(
-                lambda: _ULProtocol(assoc), sock, ssl=self.config.ssl_context
+                lambda: _ULProtocol(assoc), sock, ssl=self.config.ssl_context,
+                **self._tls_options(),
             )
         except Exception:
             self._forget(assoc)

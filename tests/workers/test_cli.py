@@ -1,0 +1,113 @@
+"""The command line and the configuration: precedence, validation, one-line errors.
+
+Theory of operation: :func:`workers.config.load_config` is tested in-process; the
+``scpfleet`` entry point as a subprocess, to see exactly what an operator sees (stderr,
+exit status, no traceback). No node is started here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.workers.nodes import scpfleet
+from workers.config import ConfigError, NodeConfig, load_config
+
+
+def _one_line_error(done, *words: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert lines[0].startswith("scpfleet")
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_defaults_need_no_configuration():
+    config = load_config(None, {})
+    assert (config.port, config.aet, config.storage, config.durability) == (11112, "SCPFLEET", "./archive", "fsync")
+    assert config.index_path.endswith("index.sqlite") and config.worker_count >= 1
+
+
+def test_file_then_flags(tmp_path: Path):
+    path = tmp_path / "node.toml"
+    path.write_text('port = 1234\nworkers = 3\nrequire-calling-aet = ["CT1", "MR2"]\n'
+                    'durability = "batch"\n')
+    config = load_config(str(path), {"port": 4321, "aet": "ARCHIVE"})
+    assert (config.port, config.workers, config.aet, config.durability) == (4321, 3, "ARCHIVE", "batch")
+    assert config.require_calling_aet == ["CT1", "MR2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ('workers = "many"', "workers"),
+        ("workers = 0", "workers"),
+        ("port = 70000", "port"),
+        ("colour = 1", "colour"),
+        ('durability = "sometimes"', "durability"),
+        ('aet = "THIS TITLE IS FAR TOO LONG"', "aet"),
+        ('tls-cert = "x.pem"', "tls-key"),
+        ("port = [", "invalid TOML"),
+    ],
+)
+def test_bad_config_values(tmp_path: Path, text: str, word: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert word in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_struct_is_msgspec():
+    import msgspec
+
+    assert issubclass(NodeConfig, msgspec.Struct)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"max-pdu": 12}, NodeConfig)
+
+
+def test_bad_option_one_line_exit_2():
+    _one_line_error(scpfleet("serve", "--workers", "0"), "--workers")
+    _one_line_error(scpfleet("serve", "--no-such-option"), "no-such-option")
+    _one_line_error(scpfleet("serve", "--port", "abc"), "--port")
+    _one_line_error(scpfleet("serve", "--durability", "maybe"), "durability")
+    _one_line_error(scpfleet("serve", "--aet", "A\\B"), "aet")
+    _one_line_error(scpfleet("serve", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"), "tls")
+
+
+def test_bad_config_file_one_line_exit_2(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max-associations = -5\n")
+    _one_line_error(scpfleet("serve", "--config", str(bad)), "max-associations", str(bad))
+    _one_line_error(scpfleet("serve", "--config", str(tmp_path / "missing.toml")), "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("workers = = 2\n")
+    _one_line_error(scpfleet("serve", "--config", str(broken)), "invalid TOML")
+
+
+def test_check_config_shows_precedence(tmp_path: Path):
+    path = tmp_path / "node.toml"
+    path.write_text("port = 1234\nworkers = 3\n")
+    done = scpfleet("serve", "--config", str(path), "--port", "5555", "--check-config")
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)
+    assert (config["port"], config["workers"], config["aet"]) == (5555, 3, "SCPFLEET")
+
+
+def test_help_explains():
+    done = scpfleet("serve", "--help")
+    assert done.returncode == 0
+    for word in ("11112", "SCPFLEET", "--max-associations", "--tls-ca", "--ready-file", "--durability"):
+        assert word in done.stdout
+    top = scpfleet("--help")
+    assert top.returncode == 0 and "serve" in top.stdout and "stats" in top.stdout
+
+
+def test_ls_without_index_is_one_line(tmp_path: Path):
+    done = scpfleet("ls", "--storage", str(tmp_path / "nothing"))
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "no index" in done.stderr

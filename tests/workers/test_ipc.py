@@ -1,0 +1,125 @@
+"""The node's plumbing in one process: queue frames, control messages, shared slots, and
+the journal tap that puts records on the index queue in file order."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from storage import InstanceRecord, JournalReader
+from workers.config import load_config
+from workers.ipc import (
+    Attach,
+    FrameReader,
+    IndexBatch,
+    IndexHello,
+    SharedSlots,
+    Spec,
+    WorkerStats,
+    encode_frame,
+    recv_control,
+    send_control,
+)
+from workers.worker import TRANSFER_SYNTAXES, _TappedJournal, supported_contexts
+
+
+def record(n: int) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=f"1.2.3.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+        study_instance_uid="1.2.3", series_instance_uid="1.2.3.1", patient_id="P1", patient_name="DOE^J",
+        modality="OT", study_date="20240101", instance_number=str(n), transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"1.2.3/1.2.3.1/1.2.3.{n}.dcm", size=100 + n, sha256="0" * 64, calling_ae="A", called_ae="B",
+        received_at=1.0,
+    )
+
+
+def test_frames_whole_and_byte_by_byte():
+    frames = [IndexHello("w0-1-2"), IndexBatch("w0-1-2", 0, 10, [record(1), record(2)]), IndexHello("w1-3-4")]
+    data = b"".join(encode_frame(f) for f in frames)
+    assert FrameReader().feed(data) == frames
+    reader = FrameReader()
+    got = []
+    for i in range(len(data)):
+        got += reader.feed(data[i:i + 1])
+    assert got == frames and reader.buffered == 0
+
+
+def test_corrupt_frame_raises_value_error():
+    with pytest.raises(ValueError):
+        FrameReader().feed(b"\xff\xff\xff\x7f" + b"x" * 8)
+    with pytest.raises(ValueError):
+        FrameReader().feed(b"\x02\x00\x00\x00\xc1\xc1")
+
+
+def test_control_messages_carry_descriptors(tmp_path):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spec = Spec(role="worker", index=3, config=load_config(None, {"storage": str(tmp_path)}), lock_fd=7)
+    send_control(a, spec)
+    got, fd = recv_control(b)
+    assert got == spec and fd is None
+    r, w = os.pipe()
+    send_control(a, Attach("stream", 3), r)
+    got, fd = recv_control(b)
+    assert got == Attach("stream", 3) and fd is not None
+    os.write(w, b"ok")
+    assert os.read(fd, 2) == b"ok"
+    for f in (r, w, fd):
+        os.close(f)
+    send_control(a, WorkerStats(instances=5))
+    assert recv_control(b)[0].instances == 5
+    a.close()
+    assert recv_control(b) is None
+
+
+def test_shared_slots_admit_release_reset():
+    slots = SharedSlots.create(3)
+    try:
+        assert slots.try_admit(0, 2) and slots.try_admit(1, 2)
+        assert not slots.try_admit(2, 2)
+        slots.release(0)
+        assert slots.try_admit(2, 2)
+        assert slots.held() == 2
+        slots.reset(1)  # a dead worker's share comes back
+        assert slots.held() == 1 and slots.try_admit(0, 2)
+        slots.connection_done(2)
+        assert slots.done(2) == 1
+        # Another mapping of the same memory (as a child process has) sees the same cells.
+        other = SharedSlots(slots.fd, 3)
+        assert other.held() == 2 and not other.try_admit(1, 2)
+    finally:
+        os.close(slots.fd)
+
+
+def test_journal_tap_reports_in_file_order(tmp_path):
+    reports = []
+    journal = _TappedJournal(str(tmp_path), "w0-1-1", lambda s, e, recs: reports.append((s, e, recs)))
+
+    def append(base: int) -> None:
+        for i in range(50):
+            journal.append_many([record(base + i)])
+
+    threads = [threading.Thread(target=append, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    journal.close()
+    offset = 0
+    for start, end, _ in reports:
+        assert start == offset
+        offset = end
+    on_disk = [r for r, _ in JournalReader(journal.path).read_from(0)]
+    assert on_disk == [r for _, _, recs in reports for r in recs]
+
+
+def test_supported_contexts_accept_everything_storable():
+    contexts = supported_contexts()
+    assert str(contexts[0].abstract_syntax) == "1.2.840.10008.1.1"
+    assert len(contexts) > 100
+    for uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
+                "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.5"):
+        assert uid in TRANSFER_SYNTAXES
+    assert "1.2.840.10008.1.2.6.1" not in TRANSFER_SYNTAXES  # MIME encapsulation is not a data set encoding

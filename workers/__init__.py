@@ -1,0 +1,75 @@
+"""scpfleet's node: the processes behind ``scpfleet serve`` (see docs/architecture.md).
+
+Theory of operation
+-------------------
+Processes. A **supervisor** (:mod:`.supervisor`) recovers the storage root, binds the
+port and starts everything else as fresh interpreters (:mod:`._spawn`): one
+**listener** (:mod:`.listener`) accepting TCP connections and passing each, as a file
+descriptor over a Unix ``SOCK_SEQPACKET`` channel (``socket.send_fds``), to the
+least-loaded of N **workers** (:mod:`.worker`), each one uvloop loop running many
+associations through :class:`engine.aio.AssociationServer` (``adopt``; TLS is
+handshaken there); and M **indexers** (:mod:`.indexer`) writing the SQLite index. A
+worker, indexer or the listener that dies is restarted; the others carry on.
+
+Load and admission. Workers and listener share a small ``memfd`` array
+(:class:`.ipc.SharedSlots`), one slot per worker, written only by that worker: the
+associations it holds and the connections it has finished. The listener's load for a
+worker is "handed to it" minus "finished by it" (no round trip, no message per
+connection). Admission (``ServerConfig.admission``) sums the slots under a POSIX
+record lock and takes one, so ``max-associations`` is exact node-wide and answered
+with A-ASSOCIATE-RJ (2, 3, 2). A slot is given back as the association is released,
+aborted or rejected (before the A-RELEASE-RP leaves, so a peer reconnecting at once is
+admitted); the supervisor zeroes a dead worker's slot, so a crash never leaks capacity.
+
+One C-STORE. Fragments go straight from the engine's memoryviews to
+``storage.InstanceWriter.write`` (a temporary file in ``<root>/.tmp``); ``finish`` asks
+the worker's ``storage.Publisher`` to make it durable (fsync in executor threads, never
+on the loop), rename it to ``<study>/<series>/<sop>.dcm`` and append its
+``InstanceRecord`` to the worker's own journal segment; only then is the C-STORE-RSP
+sent. Memory per association is about one PDU, whatever the instance size.
+
+The index queue, and why it is a stream socket. Each worker appends records to its
+journal from several publisher threads; the journal writer is tapped so that every
+append is forwarded, *in file order*, with its byte range ``[start, end)``, as one
+msgpack frame (:class:`.ipc.IndexBatch`) on a Unix stream socket to indexer
+``worker % M``. A stream keeps order without sequencing logic, its kernel buffer plus
+a bounded transport buffer is the queue, and a full buffer pauses the senders: the
+C-STORE-RSP waits for queue space, so reading from peers slows instead of memory
+growing. A multiprocessing.Queue would add a feeder thread, pickling and unbounded
+buffering on the sending side.
+
+Exactly-once, monotonic progress. The journal is the truth, the queue a fast path.
+Each segment has a single progress writer while the node runs: the indexer owning its
+worker (``worker % M``); the supervisor replays only before children start and after
+they all stopped. An indexer applies a batch against the segment's progress: ending
+at or before it, a duplicate, skipped; starting after it, a gap (a dead indexer's
+stream, a stream switch), filled by reading the journal file first. A new stream
+begins with :class:`.ipc.IndexHello`, on which the indexer catches up from the
+journal. Rows and progress commit together (``Index.insert_batch``), so progress only
+moves forward and a replay never doubles a row.
+
+Dead writers. A worker locks ``<segment>.lock`` before creating its segment and holds
+it for life, so "the lock can be taken" means "the writer is gone" (pid-reuse proof).
+The owning indexer finishes such a segment -- reads it to the end, commits, deletes it
+-- when its stream ends, when the worker announces a new segment (a segment is rotated
+past ``journal-segment-bytes`` and released once the stores publishing into it are
+done), or when a periodic sweep finds it.
+
+Crashes. Nothing acknowledged is lost after kill -9 of any process or all of them: at
+start the supervisor removes temporary files (``storage.sweep_temp``), replays every
+segment (``storage.replay``), retires them (``storage.retire``) and indexes files that
+were renamed into place but never journalled (:mod:`.recovery`, also run when a worker
+dies). Temporary files live only under ``.tmp`` and are never indexed.
+
+Operators. Each association ends with one log line (peer, AE titles, worker,
+instances, bytes, duration, outcome); the supervisor logs a summary every
+``summary-interval`` and serves Prometheus ``/metrics`` from counters the children
+send it each second (:mod:`.metrics`). ``scpfleet ls`` and ``scpfleet stats`` read the
+index (:mod:`.cli`).
+"""
+
+from __future__ import annotations
+
+from .config import ConfigError, NodeConfig, load_config
+
+__all__ = ["NodeConfig", "ConfigError", "load_config"]

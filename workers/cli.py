@@ -1,0 +1,265 @@
+"""``scpfleet``: the command line (``serve``, ``ls``, ``stats``, and bench's commands).
+
+Theory of operation: argparse builds the commands; every flag of ``serve`` defaults to
+"not given", so :func:`workers.config.load_config` can lay exactly the given flags over
+the TOML file over the defaults. A wrong flag, value or config file ends the program
+with one line on stderr and status 2 (:class:`_Parser` overrides argparse's two-line
+usage error); operational failures at start (port taken, storage locked) are one line
+and status 1. Nothing here is imported by the node's other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn, Sequence
+
+__all__ = ["main", "build_parser"]
+
+_SERVE_DESCRIPTION = """\
+Run a DICOM Storage SCP node: a supervisor, one listener, N workers and M indexers.
+Every Storage SOP Class is accepted in every transfer syntax (plus Verification);
+instances are written to STORAGE/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm,
+made durable before the C-STORE is answered, and indexed in STORAGE/index.sqlite.
+
+With no options it serves AE title SCPFLEET on port 11112, stores in ./archive with
+one worker per CPU and fsync durability. Settings come from the defaults, then
+--config FILE.toml (keys are the long option names without the dashes, e.g.
+max-associations = 50, require-calling-aet = ["CT1", "MR2"]), then the flags.
+SIGTERM or Ctrl-C stops it gracefully: stores in flight finish (--drain-timeout),
+the index is flushed, exit status 0."""
+
+_EPILOG = """\
+example: scpfleet serve --port 11112 --aet ARCHIVE --storage /srv/dicom --workers 4 \\
+    --durability batch --metrics-port 9110"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+
+
+#: serve flag dest -> NodeConfig key
+_SERVE_KEYS = {
+    "host": "host", "port": "port", "aet": "aet", "storage": "storage", "index": "index",
+    "workers": "workers", "indexers": "indexers", "durability": "durability",
+    "duplicates": "duplicates", "journal_segment_bytes": "journal-segment-bytes",
+    "max_associations": "max-associations", "max_pdu": "max-pdu",
+    "require_calling_aet": "require-calling-aet", "require_called_aet": "require-called-aet",
+    "tls_cert": "tls-cert", "tls_key": "tls-key", "tls_ca": "tls-ca",
+    "metrics_port": "metrics-port", "metrics_host": "metrics-host",
+    "acse_timeout": "acse-timeout", "dimse_timeout": "dimse-timeout",
+    "network_timeout": "network-timeout", "drain_timeout": "drain-timeout",
+    "summary_interval": "summary-interval", "log_level": "log-level",
+}
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.toml", help="read settings from this TOML file")
+    parser.add_argument("--storage", metavar="DIR", help="storage root (default ./archive)")
+    parser.add_argument("--index", metavar="FILE", help="SQLite index (default STORAGE/index.sqlite)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scpfleet", description="scpfleet: a multiprocess, high-throughput DICOM Storage SCP.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the storage node", description=_SERVE_DESCRIPTION, epilog=_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    net = serve.add_argument_group("network")
+    net.add_argument("--host", help="address to listen on (default 0.0.0.0: all IPv4)")
+    net.add_argument("--port", type=_integer, help="TCP port (default 11112; 0: any free port)")
+    net.add_argument("--aet", metavar="AET", help="our AE title (default SCPFLEET)")
+    net.add_argument("--max-associations", type=_integer, metavar="N",
+                     help="node-wide limit; one more is rejected 2/3/2 (transient, local limit) (default 100)")
+    net.add_argument("--max-pdu", type=_integer, metavar="BYTES",
+                     help="maximum PDU length we receive (default 262144)")
+    net.add_argument("--require-calling-aet", action="append", metavar="AET",
+                     help="accept only this calling AE title (repeatable)")
+    net.add_argument("--require-called-aet", action="store_true", default=None,
+                     help="reject associations not addressed to our AE title")
+    net.add_argument("--acse-timeout", type=_seconds, metavar="S", help="association setup/release timeout (30)")
+    net.add_argument("--dimse-timeout", type=_seconds, metavar="S", help="stalled message timeout (60)")
+    net.add_argument("--network-timeout", type=_seconds, metavar="S", help="idle association timeout (120)")
+    tls = serve.add_argument_group("TLS (PS3.15 B.1 secure transport)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS on the port)")
+    tls.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    tls.add_argument("--tls-ca", metavar="PEM", help="require client certificates signed by these CAs")
+    store = serve.add_argument_group("storage")
+    _add_storage_options(store)
+    store.add_argument("--durability", choices=("fsync", "batch", "none"),
+                       help="fsync: each instance synced before its response (default); batch: the same, "
+                            "grouped; none: no syncing (survives a crash, not power loss)")
+    store.add_argument("--duplicates", choices=("overwrite", "keep", "reject"),
+                       help="an instance already stored is replaced (default), kept, or refused")
+    store.add_argument("--journal-segment-bytes", type=_integer, metavar="BYTES",
+                       help="rotate a worker's journal segment past this size (default 64 MiB)")
+    procs = serve.add_argument_group("processes")
+    procs.add_argument("--workers", type=_integer, metavar="N", help="worker processes (default: CPUs)")
+    procs.add_argument("--indexers", type=_integer, metavar="N", help="indexer processes (default 1)")
+    procs.add_argument("--drain-timeout", type=_seconds, metavar="S",
+                       help="on stop, how long stores in flight may take (default 10)")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument("--metrics-port", type=_integer, metavar="PORT",
+                     help="serve Prometheus /metrics on this port (0: any free port; default off)")
+    ops.add_argument("--metrics-host", metavar="ADDR", help="address of /metrics (default 127.0.0.1)")
+    ops.add_argument("--summary-interval", type=_seconds, metavar="S", help="seconds between summary lines (30)")
+    ops.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    ops.add_argument("--ready-file", metavar="PATH",
+                     help="write the bound address and process ids here (JSON) once serving")
+    ops.add_argument("--check-config", action="store_true",
+                     help="print the effective configuration (JSON) and exit")
+    serve.set_defaults(func=_serve)
+
+    ls = sub.add_parser("ls", help="list stored instances from the index", description="List stored instances, "
+                        "most recently received first.")
+    _add_storage_options(ls)
+    ls.add_argument("--study", metavar="UID", help="only this Study Instance UID")
+    ls.add_argument("--limit", type=_integer, default=100, metavar="N", help="at most N rows (default 100)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=_ls)
+
+    stats = sub.add_parser("stats", help="counts of instances, bytes, studies, series, patients")
+    _add_storage_options(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=_stats)
+
+    try:
+        from bench import cli as bench_cli
+    except ImportError:
+        bench_cli = None
+    if bench_cli is not None and hasattr(bench_cli, "add_commands"):
+        bench_cli.add_commands(sub)
+    return parser
+
+
+def _fail(message: str, status: int = 2) -> int:
+    sys.stderr.write(f"scpfleet: error: {message}\n")
+    return status
+
+
+def _config(args: argparse.Namespace, keys: dict[str, str]) -> Any:
+    from .config import ConfigError, load_config
+
+    overrides = {key: getattr(args, dest, None) for dest, key in keys.items()}
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as exc:
+        for dest, key in keys.items():  # name the flag when the bad value came from one
+            value = getattr(args, dest, None)
+            if value is not None and exc.key == key:
+                shown = value if not isinstance(value, list) else " ".join(map(str, value))
+                raise ConfigError(f"--{key} {shown}: {exc.detail}") from None
+        raise
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._logging import setup_logging
+    from .config import ConfigError
+
+    try:
+        config = _config(args, _SERVE_KEYS)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.check_config:
+        import msgspec
+
+        cfg = msgspec.to_builtins(config)
+        cfg["workers"] = config.worker_count
+        cfg["index"] = config.index_path
+        print(json.dumps(cfg, indent=2, sort_keys=True))
+        return 0
+    setup_logging("supervisor", config.log_level)
+    from .supervisor import StartupError, Supervisor
+
+    try:
+        return Supervisor(config, args.ready_file).run()
+    except StartupError as exc:
+        return _fail(str(exc), 1)
+
+
+def _open_index(args: argparse.Namespace) -> Any:
+    from storage import Index
+
+    from .config import ConfigError
+
+    try:
+        config = _config(args, {"storage": "storage", "index": "index"})
+    except ConfigError as exc:
+        raise SystemExit(_fail(str(exc)))
+    if not os.path.exists(config.index_path):
+        raise SystemExit(_fail(f"no index at {config.index_path} (nothing stored yet, or wrong --storage)", 1))
+    return Index(config.index_path)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    import msgspec
+
+    with _open_index(args) as index:
+        records = index.list(limit=args.limit, study=args.study)
+    out = sys.stdout
+    if args.json:
+        for record in records:
+            out.write(json.dumps(msgspec.structs.asdict(record)) + "\n")
+        return 0
+    out.write("RECEIVED\tPATIENT\tMODALITY\tSTUDY\tSERIES\tSOP_INSTANCE\tSIZE\tPATH\n")
+    for r in records:
+        when = datetime.datetime.fromtimestamp(r.received_at).isoformat(timespec="seconds")
+        out.write(f"{when}\t{r.patient_id or '-'}\t{r.modality or '-'}\t{r.study_instance_uid}\t"
+                  f"{r.series_instance_uid}\t{r.sop_instance_uid}\t{r.size}\t{r.path}\n")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from .metrics import format_bytes
+
+    with _open_index(args) as index:
+        stats = index.stats()
+    if args.json:
+        print(json.dumps(msgspec.structs.asdict(stats)))
+        return 0
+    print(f"instances: {stats.instances}\nbytes: {stats.bytes} ({format_bytes(stats.bytes)})\n"
+          f"studies: {stats.studies}\nseries: {stats.series}\npatients: {stats.patients}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `scpfleet ls | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The node's configuration: one validated :class:`NodeConfig`, from defaults, a TOML
+file and command-line flags, in that order of precedence.
+
+Theory of operation: a TOML file is read with :mod:`tomllib`, the flags given on the
+command line are laid over its table (same names: ``--max-associations`` is
+``max-associations``), and :func:`msgspec.convert` turns the result into a frozen
+:class:`NodeConfig`, checking types, ranges and unknown keys in one place. What a type
+cannot say (an AE title's characters, a certificate without its key, a readable file)
+is checked by :func:`validate`. Every failure is a :class:`ConfigError` whose message is
+one line naming the offending setting; the CLI prints it and exits 2.
+
+This module never starts anything; it reads the files it is told to validate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import tomllib
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "NodeConfig",
+    "ConfigError",
+    "load_config",
+    "validate",
+    "default_workers",
+    "ssl_context",
+    "ae_title_bytes",
+]
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+# PS3.8 9.3.2 / D.1: a Maximum Length below a few KiB is legal but pointless for
+# storage; above 64 MiB one PDU would be buffered whole per association.
+PduSize = Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)]
+
+
+class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="kebab"):
+    """Everything ``scpfleet serve`` needs; TOML keys are the kebab-case field names.
+
+    ``workers`` None means one per CPU this process may run on; ``index`` None means
+    ``<storage>/index.sqlite``; ``metrics-port`` None disables ``/metrics`` (0 picks a
+    free port, reported in the ready file).
+    """
+
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    aet: str = "SCPFLEET"
+    storage: str = "./archive"
+    index: str | None = None
+    # One process per CPU is the point of the design; 256 bounds shared slots.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    indexers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    durability: Literal["fsync", "batch", "none"] = "fsync"
+    duplicates: Literal["overwrite", "keep", "reject"] = "overwrite"
+    # A worker's journal segment is rotated past this size (64 MiB: ~100k records, about
+    # a second to replay), so a long-running worker's journal does not grow unbounded.
+    journal_segment_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] = 64 << 20
+    # Node-wide; each association holds about two PDUs and one open file.
+    max_associations: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100
+    # 256 KiB PDUs amortise per-PDU work; memory per association stays ~2 PDUs.
+    max_pdu: PduSize = 262144
+    require_calling_aet: list[str] = []
+    require_called_aet: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    metrics_port: Port | None = None
+    metrics_host: str = "127.0.0.1"
+    acse_timeout: Seconds = 30.0
+    dimse_timeout: Seconds = 60.0
+    network_timeout: Seconds = 120.0
+    drain_timeout: Seconds = 10.0
+    summary_interval: Seconds = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers is not None else default_workers()
+
+    @property
+    def index_path(self) -> str:
+        return self.index if self.index is not None else os.path.join(self.storage, "index.sqlite")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line naming it. ``key`` is the setting's
+    name when known, ``detail`` what is wrong with it."""
+
+    def __init__(self, message: str, key: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.detail = detail or message
+
+
+def default_workers() -> int:
+    """CPUs this process may run on (cgroup/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (kebab-case keys)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fp:
+                raw = tomllib.load(fp)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {_one_line(exc)}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = msgspec.convert(raw, NodeConfig)
+    except msgspec.ValidationError as exc:
+        where = f"config file {path}" if path is not None else "configuration"
+        text = _one_line(exc)
+        match = re.fullmatch(r"(.*) - at `\$\.([^`]*)`", text)
+        if match is None:
+            raise ConfigError(f"{where}: {text.replace('Object contains unknown field', 'unknown setting')}") from None
+        detail = match.group(1).replace("`", "")
+        raise ConfigError(f"{where}: {match.group(2)}: {detail}", match.group(2), detail) from None
+    validate(config)
+    return config
+
+
+def ae_title_bytes(value: str, what: str) -> bytes:
+    """``value`` as a valid AE title (PS3.5 Table 6.2-1), or ConfigError."""
+    from engine._config import validate_ae_title
+
+    try:
+        return validate_ae_title(value, what)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def validate(config: NodeConfig) -> None:
+    """The checks a type cannot express; raises ConfigError."""
+    ae_title_bytes(config.aet, "aet")
+    for title in config.require_calling_aet:
+        ae_title_bytes(title, "require-calling-aet")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls-cert and tls-key must be given together")
+    if config.tls_ca is not None and config.tls_cert is None:
+        raise ConfigError("tls-ca (client certificate verification) needs tls-cert and tls-key")
+    if config.tls_cert is not None:
+        ssl_context(config)
+    if config.metrics_port is not None and config.metrics_port == config.port and config.port != 0:
+        raise ConfigError(f"metrics-port {config.metrics_port} is the DICOM port")
+    if os.path.exists(config.storage) and not os.path.isdir(config.storage):
+        raise ConfigError(f"storage {config.storage} exists and is not a directory")
+
+
+def ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """The server TLS context (PS3.15 B.1/B.9 profiles need TLS 1.2+); None without TLS.
+
+    With ``tls-ca`` a client certificate signed by it is required.
+    """
+    if config.tls_cert is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls-cert/tls-key: cannot load {config.tls_cert}: {_one_line(exc)}") from None
+    if config.tls_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=config.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls-ca: cannot load {config.tls_ca}: {_one_line(exc)}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

@@ -1,0 +1,307 @@
+"""What operators see: node-wide counters, the periodic summary and ``/metrics``.
+
+Theory of operation: every child sends its cumulative counters to the supervisor once a
+second over its control socket (:class:`~workers.ipc.WorkerStats` ...). The supervisor
+keeps, per worker and indexer *slot*, the latest report of the running process plus the
+sum of its dead predecessors' last reports, so a counter never goes backwards when a
+process is restarted (a process killed outright loses at most its last second). From
+these :class:`NodeMetrics` computes the summary line and, through :class:`NodeCollector`,
+the Prometheus exposition served by the supervisor alone -- no per-process files, no
+``PROMETHEUS_MULTIPROC_DIR``. Index lag is measured, not counted: the journal bytes
+(and frames) beyond each segment's indexed offset.
+
+The collector runs in prometheus-client's HTTP thread; the supervisor's loop updates
+the numbers; a lock keeps each scrape consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import struct
+import threading
+import time
+from typing import Any, Iterator
+
+from storage import journal_dir
+
+from .ipc import LATENCY_BUCKETS, IndexerStats, ListenerStats, WorkerStats
+
+__all__ = ["NodeMetrics", "NodeCollector", "index_lag", "format_bytes"]
+
+_WORKER_COUNTERS = ("instances", "bytes", "failures", "associations", "rejected")
+_INDEXER_COUNTERS = ("indexed", "caught_up", "batches", "retired", "commit_errors")
+# Counting unindexed journal frames stops here; past it the lag is "at least" this.
+_LAG_FRAMES_MAX = 200_000
+# A journal frame's payload is a record of a few hundred bytes (storage._journal).
+_FRAME_MAX = 64 * 1024
+# Scrapes and summaries within this many seconds share one lag measurement.
+_LAG_CACHE_S = 1.0
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _count_frames(path: str, start: int, size: int) -> int:
+    """Whole journal frames in ``path`` between ``start`` and ``size`` (walking lengths)."""
+    count = 0
+    header = struct.Struct("<I")
+    with open(path, "rb") as fp:
+        fp.seek(start)
+        pos = start
+        while count < _LAG_FRAMES_MAX:
+            raw = fp.read(4)
+            if len(raw) < 4:
+                break
+            (length,) = header.unpack(raw)
+            if length > _FRAME_MAX:
+                break
+            pos += 8 + length
+            if pos > size:
+                break
+            fp.seek(length + 4, os.SEEK_CUR)
+            count += 1
+    return count
+
+
+def index_lag(root: str, index_path: str) -> tuple[int, int]:
+    """``(records, bytes)`` journalled but not yet in the index."""
+    progress: dict[str, int] = {}
+    if os.path.exists(index_path):
+        uri = pathlib.Path(index_path).resolve().as_uri() + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=1.0)
+            try:
+                progress = dict(db.execute("SELECT journal, offset FROM journal_progress").fetchall())
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass  # no index yet (or busy): everything journalled counts as lag
+    records = lag_bytes = 0
+    directory = journal_dir(root)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0, 0
+    for name in names:
+        if not name.endswith(".log"):
+            continue
+        path = os.path.join(directory, name)
+        start = progress.get(name[:-4], 0)
+        try:
+            size = os.stat(path).st_size
+            if size > start:
+                lag_bytes += size - start
+                records += _count_frames(path, start, size)
+        except OSError:
+            continue  # retired while we looked
+    return records, lag_bytes
+
+
+class NodeMetrics:
+    """Counters of every slot, surviving restarts (see module doc)."""
+
+    def __init__(self, root: str, index_path: str) -> None:
+        self.root = root
+        self.index_path = index_path
+        self.lock = threading.Lock()
+        self.workers: dict[int, WorkerStats] = {}
+        self.worker_base: dict[int, dict[str, float]] = {}
+        self.latency_base: dict[int, list[int]] = {}
+        self.latency_sum_base: dict[int, float] = {}
+        self.indexers: dict[int, IndexerStats] = {}
+        self.indexer_base: dict[int, dict[str, int]] = {}
+        self.listener = ListenerStats()
+        self.accepted_base = 0
+        self.restarts: dict[str, int] = {}
+        self._lag: tuple[int, int] = (0, 0)
+        self._lag_at = -1e9
+        self._last_summary: tuple[float, int, int] | None = None
+
+    # -- updates (supervisor loop) ------------------------------------------------------
+
+    def update(self, role: str, slot: int, stats: Any) -> None:
+        with self.lock:
+            if role == "worker":
+                self.workers[slot] = stats
+            elif role == "indexer":
+                self.indexers[slot] = stats
+            elif role == "listener":
+                self.listener = stats
+
+    def retire(self, role: str, slot: int) -> None:
+        """The process in ``slot`` ended: fold its last counters into the base."""
+        with self.lock:
+            if role == "worker" and slot in self.workers:
+                last = self.workers.pop(slot)
+                base = self.worker_base.setdefault(slot, {})
+                for name in _WORKER_COUNTERS:
+                    base[name] = base.get(name, 0) + getattr(last, name)
+                lat = self.latency_base.setdefault(slot, [0] * (len(LATENCY_BUCKETS) + 1))
+                for i, n in enumerate(last.latency_counts[: len(lat)]):
+                    lat[i] += n
+                self.latency_sum_base[slot] = self.latency_sum_base.get(slot, 0.0) + last.latency_sum
+            elif role == "indexer" and slot in self.indexers:
+                last = self.indexers.pop(slot)
+                base = self.indexer_base.setdefault(slot, {})
+                for name in _INDEXER_COUNTERS:
+                    base[name] = base.get(name, 0) + getattr(last, name)
+            elif role == "listener":
+                self.accepted_base += self.listener.accepted
+                self.listener = ListenerStats()
+
+    def restarted(self, role: str) -> None:
+        with self.lock:
+            self.restarts[role] = self.restarts.get(role, 0) + 1
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _worker_total(self, slot: int, name: str) -> float:
+        current = self.workers.get(slot)
+        return self.worker_base.get(slot, {}).get(name, 0) + (getattr(current, name) if current else 0)
+
+    def _slots(self, current: dict, base: dict) -> list[int]:
+        return sorted(set(current) | set(base))
+
+    def totals(self) -> dict[str, float]:
+        with self.lock:
+            slots = self._slots(self.workers, self.worker_base)
+            out = {name: sum(self._worker_total(s, name) for s in slots) for name in _WORKER_COUNTERS}
+            out["active"] = sum(w.active for w in self.workers.values())
+            out["queue_bytes"] = sum(w.queue_bytes for w in self.workers.values())
+            out["indexed"] = sum(
+                self.indexer_base.get(j, {}).get("indexed", 0) + (self.indexers[j].indexed if j in self.indexers else 0)
+                for j in self._slots(self.indexers, self.indexer_base)
+            )
+            out["restarts"] = sum(self.restarts.values())
+            return out
+
+    def lag(self) -> tuple[int, int]:
+        now = time.monotonic()
+        with self.lock:
+            if now - self._lag_at < _LAG_CACHE_S:
+                return self._lag
+        lag = index_lag(self.root, self.index_path)
+        with self.lock:
+            self._lag, self._lag_at = lag, now
+        return lag
+
+    def summary(self) -> str:
+        """The periodic summary line: rates since the previous call, gauges, lag."""
+        totals = self.totals()
+        now = time.monotonic()
+        instances, nbytes = int(totals["instances"]), int(totals["bytes"])
+        if self._last_summary is None:
+            rate = mbps = 0.0
+        else:
+            then, before_i, before_b = self._last_summary
+            span = max(now - then, 1e-6)
+            rate = (instances - before_i) / span
+            mbps = (nbytes - before_b) / span / 1e6
+        self._last_summary = (now, instances, nbytes)
+        with self.lock:
+            per_worker = " ".join(f"w{k}={w.active}" for k, w in sorted(self.workers.items()))
+        lag_records, lag_bytes = self.lag()
+        return (
+            f"summary: {rate:.1f} instances/s, {mbps:.2f} MB/s, {int(totals['active'])} active associations"
+            f" ({per_worker or 'no workers'}), queue {format_bytes(totals['queue_bytes'])},"
+            f" index lag {lag_records} records ({format_bytes(lag_bytes)}),"
+            f" {instances} instances / {format_bytes(nbytes)} stored,"
+            f" {int(totals['failures'])} failed, {int(totals['rejected'])} rejected,"
+            f" {int(totals['restarts'])} restarts"
+        )
+
+    def families(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        lag_records, lag_bytes = self.lag()
+        with self.lock:
+            slots = self._slots(self.workers, self.worker_base)
+            specs = (
+                ("instances", "scpfleet_instances_received", "Instances stored and acknowledged"),
+                ("bytes", "scpfleet_bytes_received", "Bytes of instances stored (Part 10 files)"),
+                ("failures", "scpfleet_store_failures", "C-STOREs answered with a failure status"),
+                ("associations", "scpfleet_associations", "Associations served to their end"),
+                ("rejected", "scpfleet_associations_rejected", "Associations refused at the node-wide limit"),
+            )
+            for attr, name, doc in specs:
+                family = CounterMetricFamily(name, doc, labels=["worker"])
+                for slot in slots:
+                    family.add_metric([str(slot)], self._worker_total(slot, attr))
+                yield family
+            active = GaugeMetricFamily("scpfleet_active_associations", "Open associations", labels=["worker"])
+            queue = GaugeMetricFamily("scpfleet_index_queue_bytes", "Records waiting for the indexer, bytes",
+                                      labels=["worker"])
+            for slot, stats in sorted(self.workers.items()):
+                active.add_metric([str(slot)], stats.active)
+                queue.add_metric([str(slot)], stats.queue_bytes)
+            yield active
+            yield queue
+            indexed = CounterMetricFamily("scpfleet_indexed_records", "Records committed to the index",
+                                          labels=["indexer"])
+            pending = GaugeMetricFamily("scpfleet_index_pending_records", "Records read, not yet committed",
+                                        labels=["indexer"])
+            for slot in self._slots(self.indexers, self.indexer_base):
+                current = self.indexers.get(slot)
+                indexed.add_metric([str(slot)], self.indexer_base.get(slot, {}).get("indexed", 0)
+                                   + (current.indexed if current else 0))
+                pending.add_metric([str(slot)], current.pending if current else 0)
+            yield indexed
+            yield pending
+            yield GaugeMetricFamily("scpfleet_index_lag_records", "Journalled records not yet indexed",
+                                    value=lag_records)
+            yield GaugeMetricFamily("scpfleet_index_lag_bytes", "Journal bytes not yet indexed", value=lag_bytes)
+            yield CounterMetricFamily("scpfleet_connections_accepted", "TCP connections accepted",
+                                      value=self.accepted_base + self.listener.accepted)
+            restarts = CounterMetricFamily("scpfleet_process_restarts", "Child processes restarted",
+                                           labels=["role"])
+            for role in ("worker", "indexer", "listener"):
+                restarts.add_metric([role], self.restarts.get(role, 0))
+            yield restarts
+            counts = [0] * (len(LATENCY_BUCKETS) + 1)
+            total_sum = 0.0
+            for slot in slots:
+                for i, n in enumerate(self.latency_base.get(slot, ())):
+                    counts[i] += n
+                total_sum += self.latency_sum_base.get(slot, 0.0)
+                current = self.workers.get(slot)
+                if current is not None:
+                    for i, n in enumerate(current.latency_counts[: len(counts)]):
+                        counts[i] += n
+                    total_sum += current.latency_sum
+        buckets = []
+        running = 0
+        for bound, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), counts):
+            running += n
+            buckets.append((bound, running))
+        yield HistogramMetricFamily(
+            "scpfleet_store_latency_seconds",
+            "C-STORE time from command to durable (data set received, file and journal synced)",
+            buckets=buckets, sum_value=total_sum,
+        )
+
+
+class NodeCollector:
+    """A prometheus-client collector over :class:`NodeMetrics`."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        return self.metrics.families()
+
+
+def start_metrics_server(metrics: NodeMetrics, host: str, port: int) -> tuple[Any, int]:
+    """Serve ``/metrics`` in a daemon thread; returns (server, bound port)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(metrics))  # type: ignore[arg-type]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_port

@@ -1,0 +1,190 @@
+"""Bringing the index back in line with the disk after a crash.
+
+Theory of operation: the journal makes every acknowledged instance reach the index
+(``storage.replay``), but a publish renames the file into place *before* it appends the
+journal frame, so a process killed between the two leaves a visible instance that no
+journal knows: never acknowledged (the peer was not answered), yet on disk. An archive
+whose index disagrees with its disk is wrong either way, and deleting the file could
+destroy an earlier, acknowledged copy it replaced; so :func:`reconcile` indexes it.
+
+Only series directories modified since a bound are looked at: a rename updates its
+directory's mtime, and the unjournalled renames of a dead worker happened shortly
+before it died (within one publish, bounded here by :data:`PUBLISH_MARGIN_S`). The
+supervisor calls this at start when journal segments of a previous run were left
+behind (the mark of an unclean stop), and at run time when a worker dies abnormally.
+A record rebuilt from a file has the file's own metadata, digest and size, the AE
+titles of its File Meta Information, and its mtime as the reception time.
+
+Known limit: a *replacement* of an indexed instance that was renamed but not journalled
+keeps the old row when the sizes are equal (telling them apart means hashing every
+recent file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+
+from storage import (
+    TEMP_DIR,
+    Index,
+    InstanceRecord,
+    MetadataExtractor,
+    NotDicomError,
+    is_valid_uid,
+    journal_dir,
+    read_file_meta,
+)
+
+__all__ = ["reconcile", "record_from_file", "unclean_since", "sweep_orphan_temp", "PUBLISH_MARGIN_S"]
+
+log = logging.getLogger("scpfleet.recovery")
+
+#: Longest a publish (fsync, rename, directory fsyncs, journal append) is assumed to take;
+#: renames older than a worker's last journal append by more than this were journalled.
+PUBLISH_MARGIN_S = 300.0
+_READ = 1 << 20
+_BATCH = 500
+
+
+def unclean_since(root: str) -> float | None:
+    """Lower bound of the renames a crashed previous run may not have journalled, or
+    None when it left no journal segment (a clean stop retires them all)."""
+    directory = journal_dir(root)
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(".log")]
+    except FileNotFoundError:
+        return None
+    times = []
+    for name in names:
+        try:
+            times.append(os.stat(os.path.join(directory, name)).st_mtime)
+        except FileNotFoundError:
+            continue
+    return min(times) - PUBLISH_MARGIN_S if times else None
+
+
+def record_from_file(root: str, path: str) -> InstanceRecord:
+    """An index record for a stored Part 10 file (raises NotDicomError or OSError)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        meta = read_file_meta(fp)
+        extractor = MetadataExtractor(meta.transfer_syntax_uid)
+        while chunk := fp.read(_READ):
+            digest.update(chunk)
+            extractor.feed(chunk)
+        st = os.fstat(fp.fileno())
+    found = extractor.result
+    relative = os.path.relpath(path, root)
+    study, series, _name = relative.split(os.sep)
+    return InstanceRecord(
+        sop_instance_uid=meta.media_storage_sop_instance_uid or found.sop_instance_uid or "",
+        sop_class_uid=meta.media_storage_sop_class_uid or found.sop_class_uid or "",
+        study_instance_uid=found.study_instance_uid or study,
+        series_instance_uid=found.series_instance_uid or series,
+        patient_id=found.patient_id,
+        patient_name=found.patient_name,
+        modality=found.modality,
+        study_date=found.study_date,
+        instance_number=found.instance_number,
+        transfer_syntax_uid=meta.transfer_syntax_uid,
+        path=relative.replace(os.sep, "/"),
+        size=st.st_size,
+        sha256=digest.hexdigest(),
+        calling_ae=meta.sending_ae_title or meta.source_ae_title or "",
+        called_ae=meta.receiving_ae_title or "",
+        received_at=st.st_mtime,
+    )
+
+
+def _recent_files(root: str, since: float) -> Iterable[str]:
+    """``.dcm`` files in ``<root>/<study>/<series>/`` directories modified at or after ``since``."""
+    with os.scandir(root) as studies:
+        for study in studies:
+            if not is_valid_uid(study.name) or not study.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(study.path) as series_dirs:
+                for series in series_dirs:
+                    try:
+                        if not series.is_dir(follow_symlinks=False) or series.stat().st_mtime < since:
+                            continue
+                        with os.scandir(series.path) as files:
+                            for entry in files:
+                                if entry.name.endswith(".dcm"):
+                                    yield entry.path
+                    except FileNotFoundError:
+                        continue
+
+
+def reconcile(root: str, index: Index, since: float, until: float | None = None) -> int:
+    """Index every instance file modified since ``since`` (and not after ``until``) that
+    the index lacks (or sizes differently); return how many records were written."""
+    pending: list[InstanceRecord] = []
+    written = 0
+    for path in _recent_files(root, since):
+        uid = os.path.basename(path)[: -len(".dcm")]
+        try:
+            st = os.stat(path)
+            if until is not None and st.st_mtime > until:
+                continue
+            row = index.get(uid)
+            if row is not None and row.size == st.st_size:
+                continue
+            pending.append(record_from_file(root, path))
+        except (OSError, NotDicomError) as exc:
+            log.warning("cannot index %s: %s", path, exc)
+            continue
+        if len(pending) >= _BATCH:
+            index.insert_batch(pending)
+            written += len(pending)
+            pending = []
+    if pending:
+        index.insert_batch(pending)
+        written += len(pending)
+    return written
+
+
+def _open_files(pids: Iterable[int]) -> set[str]:
+    """Paths the given processes hold open (from /proc)."""
+    held = set()
+    for pid in pids:
+        directory = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(directory)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                held.add(os.readlink(os.path.join(directory, fd)))
+            except OSError:
+                continue
+    return held
+
+
+def sweep_orphan_temp(root: str, live_pids: Iterable[int], before: float) -> int:
+    """Remove the temporary files of a worker that died at ``before`` (Unix time).
+
+    ``storage.sweep_temp`` at start cleans everything; while other workers run, a file
+    is a dead worker's when no live worker holds it open and it was last written before
+    the death. (A live writer closes its file and renames it in the same breath, so a
+    closed file older than the death is not a live one's; call this a second or more
+    after the death.) Returns how many were removed.
+    """
+    directory = os.path.realpath(os.path.join(root, TEMP_DIR))  # /proc links are resolved
+    held = _open_files(live_pids)
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.path in held or entry.stat(follow_symlinks=False).st_mtime >= before:
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -1,0 +1,719 @@
+"""A worker process: one uvloop loop running many associations through the engine.
+
+Theory of operation: the listener hands this process accepted TCP connections over a
+``SOCK_SEQPACKET`` channel (one descriptor per packet); each one is given to
+:meth:`engine.aio.AssociationServer.adopt`, which does the TLS handshake when the node
+has a certificate. Admission is node-wide: :meth:`Worker._admit` takes a slot in the
+shared :class:`~workers.ipc.SharedSlots` (refusing with A-ASSOCIATE-RJ 2/3/2 at the
+limit) and the slot is given back when the association's connection closes.
+
+Each C-STORE streams into a :class:`_StoreSink`: ``storage.InstanceWriter.begin`` on the
+command, one ``write`` (a plain ``os.write`` of the engine's view, plus the writer's
+digest and metadata scan) per fragment, and in ``finish`` the per-worker
+``storage.Publisher`` makes it durable off the loop and appends its record to this
+worker's journal segment. The journal is tapped (:class:`_TappedJournal`): every append
+is forwarded, in file order, to the indexer as an :class:`~workers.ipc.IndexBatch` on
+the index-queue stream. The C-STORE-RSP waits until that queue has room, so a slow
+indexer slows the peers instead of growing memory. If the indexer is gone the batches
+are dropped: the journal holds them and the next indexer catches up from it.
+
+Memory per association is the engine's framing buffer (about one PDU) plus one open
+file, whatever the instance size. The loop never fsyncs (the publisher's executor
+does) and never blocks on the index.
+
+On Stop (or SIGTERM, or the supervisor vanishing) the worker stops taking connections,
+lets stores in flight finish, aborts idle associations, refuses new ones (2/3/2), and
+after ``drain-timeout`` aborts what is left; then it flushes the publisher and the
+queue and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from engine import evt
+from engine._acse import AcceptorPolicy, rejection_description
+from engine._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from engine.aio import AssociationServer, ServerConfig, new_event_loop
+from engine.presentation import PresentationContext
+from engine.sop_class import STORAGE_SOP_CLASSES, VerificationSOPClass
+from storage import (
+    STATUS_OUT_OF_RESOURCES,
+    InstanceRecord,
+    InstanceWriter,
+    JournalWriter,
+    Publisher,
+    StorageConfig,
+    StoreRefused,
+    journal_dir,
+    segment_name,
+)
+
+from .config import ae_title_bytes, ssl_context
+from .ipc import (
+    LATENCY_BUCKETS,
+    Attach,
+    IndexBatch,
+    IndexHello,
+    Ready,
+    SharedSlots,
+    Spec,
+    Stop,
+    WorkerStats,
+    encode_frame,
+    recv_control,
+    recv_fds_batch,
+    send_control,
+    unsent_bytes,
+)
+
+__all__ = ["main", "Worker", "supported_contexts", "TRANSFER_SYNTAXES"]
+
+log = logging.getLogger("scpfleet.worker")
+
+
+def _transfer_syntaxes() -> tuple[str, ...]:
+    """Every transfer syntax a C-STORE data set can travel in (an archive takes them all).
+
+    From pydicom's UID registry, less those that are not data set encodings for the
+    network: MIME and XML encodings (PS3.18), the SMPTE ST 2110 ones (DICOM-RTV only)
+    and the retired Papyrus one. Native syntaxes first.
+    """
+    from pydicom._uid_dict import UID_dictionary
+
+    excluded_prefixes = ("1.2.840.10008.1.2.6.", "1.2.840.10008.1.2.7.", "1.2.840.10008.1.20")
+    native = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
+    others = [
+        uid
+        for uid, entry in UID_dictionary.items()
+        if entry[1] == "Transfer Syntax" and uid not in native and not uid.startswith(excluded_prefixes)
+    ]
+    return tuple(native + others)
+
+
+TRANSFER_SYNTAXES = _transfer_syntaxes()
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Verification plus every Storage SOP Class, each with every transfer syntax."""
+    contexts = [PresentationContext(abstract_syntax=VerificationSOPClass,
+                                    transfer_syntax=["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])]
+    for uid in STORAGE_SOP_CLASSES:
+        contexts.append(PresentationContext(abstract_syntax=uid, transfer_syntax=TRANSFER_SYNTAXES))
+    return contexts
+
+
+# Bytes the index queue may hold in this process before stores wait: a few thousand
+# records, enough to ride out an indexer's commit, small next to one PDU per association.
+_QUEUE_HIGH = 1 << 20
+_QUEUE_LOW = 256 << 10
+# At exit, how long a live indexer gets to read what is queued (it reads continuously;
+# one that does not is stuck, and the journal has the records anyway).
+_QUEUE_FLUSH_S = 5.0
+_ERROR_COMMENT_MAX = 64
+# How often the supervisor hears this worker's counters.
+_STATS_INTERVAL_S = 1.0
+# While draining, how often idle associations are looked for and aborted.
+_DRAIN_POLL_S = 0.1
+# Threads running fsync/rename/fdatasync: they block in the kernel, not on the GIL, so a
+# few overlap for real; more only queue on the same device.
+_PUBLISH_THREADS = 8
+
+
+class _TappedJournal(JournalWriter):
+    """A journal segment that reports each append, in file order, to ``tap``.
+
+    ``tap(start, end, records)`` is called under a lock held across the append, so
+    reports leave in the order their frames sit in the file, whichever publisher
+    thread appended them.
+    """
+
+    def __init__(self, root: str, name: str, tap: Any) -> None:
+        super().__init__(root, name)
+        self._tap = tap
+        self._order = threading.Lock()
+
+    def append_many(self, records: Any) -> int:
+        records = list(records)
+        with self._order:
+            start = self.offset
+            end = super().append_many(records)
+            self._tap(start, end, records)
+        return end
+
+
+class _Segment:
+    """One journal segment of this worker: its lock, its tapped writer, the publisher
+    appending to it, and the stores publishing through it right now."""
+
+    __slots__ = ("name", "lock_fd", "journal", "publisher", "inflight", "retiring")
+
+    def __init__(self, name: str, lock_fd: int, journal: _TappedJournal, publisher: Publisher) -> None:
+        self.name = name
+        self.lock_fd = lock_fd
+        self.journal = journal
+        self.publisher = publisher
+        self.inflight = 0
+        self.retiring = False
+
+
+class _AssocInfo:
+    """Per-association counters for the log line written when it closes."""
+
+    __slots__ = ("started", "peer", "calling", "called", "instances", "failed", "bytes",
+                 "holds_slot", "in_store")
+
+    def __init__(self, peer: str) -> None:
+        self.started = time.monotonic()
+        self.peer = peer
+        self.calling = "-"
+        self.called = "-"
+        self.instances = 0
+        self.failed = 0
+        self.bytes = 0
+        self.holds_slot = False
+        self.in_store = False
+
+
+def _ae(title: bytes | None) -> str:
+    if not title:
+        return "-"
+    return bytes(title).strip(b" \x00").decode("ascii", "replace") or "-"
+
+
+class _StoreSink:
+    """One C-STORE's data set on its way to disk (engine.aio.StoreSink)."""
+
+    __slots__ = ("worker", "info", "writer", "refused", "started")
+
+    def __init__(self, worker: Worker, info: _AssocInfo, writer: InstanceWriter) -> None:
+        self.worker = worker
+        self.info = info
+        self.writer = writer
+        self.refused: StoreRefused | None = None
+        self.started = time.monotonic()
+
+    def write(self, data: memoryview) -> None:
+        if self.refused is None:
+            try:
+                self.writer.write(data)
+            except StoreRefused as exc:  # the writer has already unlinked its file
+                self.refused = exc
+
+    async def finish(self) -> int | tuple[int, str | None]:
+        worker = self.worker
+        info = self.info
+        segment = worker.segment
+        segment.inflight += 1
+        try:
+            if self.refused is not None:
+                raise self.refused
+            await segment.publisher.publish(self.writer)
+        except StoreRefused as exc:
+            info.in_store = False
+            return worker.store_failed(info, self.writer, exc.status, exc.reason)
+        except OSError as exc:  # anything the writer did not already translate
+            self.writer.abort()
+            info.in_store = False
+            return worker.store_failed(info, self.writer, STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
+        finally:
+            segment.inflight -= 1
+            if segment.retiring and not segment.inflight:
+                worker.close_segment(segment)
+        if worker.queue_full:
+            await worker.queue_space()
+        info.in_store = False
+        worker.store_done(info, self.writer.size, time.monotonic() - self.started)
+        return 0x0000
+
+    def abort(self) -> None:
+        self.writer.abort()
+        self.info.in_store = False
+
+
+class _QueueProtocol(asyncio.Protocol):
+    """The sending end of the index queue: tells the worker about backpressure."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.transport: asyncio.WriteTransport | None = None
+        self.closed: asyncio.Future[None] = worker.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        self.worker._queue_paused(self)
+
+    def resume_writing(self) -> None:
+        self.worker._queue_resumed(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.worker._queue_lost(self, exc)
+
+
+class Worker:
+    def __init__(self, spec: Spec, ctl: socket.socket) -> None:
+        cfg = spec.config
+        self.spec = spec
+        self.config = cfg
+        self.k = spec.index
+        self.ctl = ctl
+        self.loop = new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.slots = SharedSlots(spec.shm_fd, spec.workers)
+        self.storage = StorageConfig(root=cfg.storage, durability=cfg.durability, duplicate_policy=cfg.duplicates)
+        self.called_ae = cfg.aet
+        self.limit = cfg.max_associations
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.assocs: dict[Any, _AssocInfo] = {}
+        self._unclaimed = 0
+        # counters (cumulative for this process)
+        self.instances = 0
+        self.bytes = 0
+        self.failures = 0
+        self.associations = 0
+        self.rejected = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        # index queue
+        self.queue: _QueueProtocol | None = None
+        self.queue_full = False
+        self._space: asyncio.Future[None] | None = None
+        self._queue_sock: socket.socket | None = None
+        # listener channel
+        self.channel: socket.socket | None = None
+        self._loop_thread = threading.get_ident()
+        self.executor = concurrent.futures.ThreadPoolExecutor(_PUBLISH_THREADS, thread_name_prefix="publish")
+        self.segment = self._open_segment()
+        self.retiring: list[_Segment] = []
+        policy = AcceptorPolicy(
+            ae_title=ae_title_bytes(cfg.aet, "aet").ljust(16, b" "),
+            supported_contexts=supported_contexts(),
+            maximum_pdu_size=cfg.max_pdu,
+            implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME.decode("ascii"),
+            require_called_aet=cfg.require_called_aet,
+            require_calling_aet=tuple(ae_title_bytes(t, "require-calling-aet") for t in cfg.require_calling_aet),
+        )
+        self.server = AssociationServer(
+            ServerConfig(
+                policy=policy,
+                handlers=evt.normalize_handlers([
+                    (evt.EVT_CONN_OPEN, self._on_open),
+                    (evt.EVT_REQUESTED, self._on_requested),
+                    (evt.EVT_RELEASED, self._on_ended),
+                    (evt.EVT_ABORTED, self._on_ended),
+                    (evt.EVT_REJECTED, self._on_ended),
+                ]),
+                acse_timeout=cfg.acse_timeout,
+                dimse_timeout=cfg.dimse_timeout,
+                network_timeout=cfg.network_timeout,
+                maximum_associations=None,
+                ssl_context=ssl_context(cfg),
+                store_sink_factory=self._open_sink,
+                admission=self._admit,
+            ),
+            loop=self.loop,
+        )
+
+    # -- journal ----------------------------------------------------------------------
+
+    def _open_segment(self) -> _Segment:
+        """Lock ``<segment>.lock`` first, then create the segment: an indexer finding a
+        segment whose lock it can take knows its writer is gone (see workers/__init__)."""
+        root = self.config.storage
+        name = segment_name(os.getpid(), time.time_ns(), f"w{self.k}")
+        directory = journal_dir(root)
+        os.makedirs(directory, exist_ok=True)
+        lock_fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        journal = _TappedJournal(root, name, lambda start, end, records: self._tap(name, start, end, records))
+        publisher = Publisher(self.storage, self.loop, journal=journal, executor=self.executor)
+        return _Segment(name, lock_fd, journal, publisher)
+
+    def _rotate(self) -> None:
+        """Start a new segment; the old one closes (and its lock is released, so its
+        indexer finishes and deletes it) once the stores publishing into it are done."""
+        old = self.segment
+        self.segment = self._open_segment()
+        queue = self.queue
+        if queue is not None and queue.transport is not None and not queue.transport.is_closing():
+            queue.transport.write(encode_frame(IndexHello(self.segment.name)))
+        old.retiring = True
+        self.retiring.append(old)
+        if not old.inflight:
+            self.close_segment(old)
+        log.info("journal segment %s full, continuing in %s", old.name, self.segment.name)
+
+    def close_segment(self, segment: _Segment) -> None:
+        segment.journal.close()
+        if segment.lock_fd >= 0:
+            os.close(segment.lock_fd)
+            segment.lock_fd = -1
+        if segment in self.retiring:
+            self.retiring.remove(segment)
+
+    def _tap(self, name: str, start: int, end: int, records: list[InstanceRecord]) -> None:
+        # In a publisher thread: hop to the loop (FIFO keeps the order). Inline under
+        # durability "none": already on the loop.
+        if threading.get_ident() == self._loop_thread:
+            self._enqueue(name, start, end, records)
+        else:
+            self.loop.call_soon_threadsafe(self._enqueue, name, start, end, records)
+
+    def _enqueue(self, name: str, start: int, end: int, records: list[InstanceRecord]) -> None:
+        queue = self.queue
+        if queue is not None and queue.transport is not None and not queue.transport.is_closing():
+            queue.transport.write(encode_frame(IndexBatch(name, start, end, records)))
+        # else no indexer: the journal has it, the next indexer catches up
+        if end >= self.config.journal_segment_bytes and name == self.segment.name and not self.draining:
+            self._rotate()
+
+    # -- index queue ----------------------------------------------------------------------
+
+    async def _attach_queue(self, sock: socket.socket) -> None:
+        old = self.queue
+        self.queue = None
+        if old is not None and old.transport is not None:
+            old.transport.abort()
+        if self._queue_sock is not None:
+            self._queue_sock = None
+        sock.setblocking(False)
+        transport, protocol = await self.loop.create_unix_connection(lambda: _QueueProtocol(self), sock=sock)
+        transport.set_write_buffer_limits(high=_QUEUE_HIGH, low=_QUEUE_LOW)
+        self._queue_sock = sock
+        self.queue = protocol
+        # Hello first: the indexer catches up on this segment from the journal, which
+        # covers whatever an earlier, lost stream carried.
+        transport.write(encode_frame(IndexHello(self.segment.name)))
+
+    def _queue_paused(self, protocol: _QueueProtocol) -> None:
+        if protocol is self.queue:
+            self.queue_full = True
+
+    def _queue_resumed(self, protocol: _QueueProtocol) -> None:
+        if protocol is self.queue:
+            self._release_space()
+
+    def _queue_lost(self, protocol: _QueueProtocol, exc: Exception | None) -> None:
+        if protocol is self.queue:
+            if not self.draining:
+                log.warning("index queue closed (%s); the journal keeps every record", exc or "end of stream")
+            self.queue = None
+            self._queue_sock = None
+            self._release_space()
+
+    def _release_space(self) -> None:
+        self.queue_full = False
+        waiter, self._space = self._space, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def queue_space(self) -> None:
+        if self._space is None:
+            self._space = self.loop.create_future()
+        await self._space
+
+    def _queue_bytes(self) -> int:
+        queue = self.queue
+        if queue is None or queue.transport is None:
+            return 0
+        total = queue.transport.get_write_buffer_size()
+        if self._queue_sock is not None:
+            total += unsent_bytes(self._queue_sock)
+        return total
+
+    # -- associations ---------------------------------------------------------------------
+
+    def _admit(self) -> bool:
+        """ServerConfig.admission: take a node-wide slot (the A-ASSOCIATE-RQ's AE-6)."""
+        if self.draining or not self.slots.try_admit(self.k, self.limit):
+            self.rejected += 1
+            return False
+        # Claimed by _on_requested in this same call stack; anything unclaimed by the
+        # next loop turn was not (cannot happen, but must never leak).
+        self._unclaimed += 1
+        self.loop.call_soon(self._reconcile)
+        return True
+
+    def _reconcile(self) -> None:
+        while self._unclaimed > 0:
+            self._unclaimed -= 1
+            self.slots.release(self.k)
+
+    def _on_open(self, event: Any) -> None:
+        assoc = event.assoc
+        peer = event.address
+        label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        self.assocs[assoc] = _AssocInfo(label)
+
+    def _info(self, assoc: Any) -> _AssocInfo:
+        info = self.assocs.get(assoc)
+        if info is None:
+            info = self.assocs[assoc] = _AssocInfo(f"{assoc.requestor.address}:{assoc.requestor.port}")
+        return info
+
+    def _on_requested(self, event: Any) -> None:
+        info = self._info(event.assoc)
+        if self._unclaimed > 0:
+            self._unclaimed -= 1
+            info.holds_slot = True
+        info.calling = _ae(event.request.calling_ae_title)
+        info.called = _ae(event.request.called_ae_title)
+
+    def _on_ended(self, event: Any) -> None:
+        """Released, aborted or rejected: give the slot back now, before the peer can
+        see the A-RELEASE-RP and connect again (the connection closes a little later)."""
+        info = self.assocs.get(event.assoc)
+        if info is not None and info.holds_slot:
+            info.holds_slot = False
+            self.slots.release(self.k)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = ("?", 0)
+        try:
+            assoc = await self.server.adopt(sock)
+        except Exception as exc:  # TLS handshake failed, connection reset ...
+            log.info("assoc peer=%s:%s worker=%d outcome=failed before association (%s)",
+                     peer[0], peer[1], self.k, str(exc) or type(exc).__name__)
+            self.slots.connection_done(self.k)
+            return
+        try:
+            await asyncio.shield(assoc.closed)
+        finally:
+            self._closed(assoc)
+
+    def _closed(self, assoc: Any) -> None:
+        info = self.assocs.pop(assoc, None) or _AssocInfo("?")
+        if info.holds_slot:
+            info.holds_slot = False
+            self.slots.release(self.k)
+        self.slots.connection_done(self.k)
+        if assoc.is_rejected and assoc.rejection is not None:
+            outcome = f"rejected ({rejection_description(assoc.rejection)})"
+        elif assoc.is_released:
+            outcome = "released"
+        elif assoc.is_aborted:
+            detail = assoc.abort_info
+            if detail is not None and detail.local:
+                outcome = f"aborted by us ({detail.detail or 'abort'})"
+            elif detail is not None and detail.source is None:
+                outcome = "connection lost"
+            else:
+                outcome = "aborted by peer"
+        else:
+            outcome = "closed without association"
+        if not assoc.is_rejected and info.calling != "-":
+            self.associations += 1
+        log.info(
+            "assoc peer=%s calling=%s called=%s worker=%d instances=%d failed=%d bytes=%d duration=%.3fs outcome=%s",
+            info.peer, info.calling, info.called, self.k, info.instances, info.failed, info.bytes,
+            time.monotonic() - info.started, outcome,
+        )
+
+    # -- C-STORE --------------------------------------------------------------------------
+
+    def _open_sink(self, assoc: Any, request: Any) -> Any:
+        """ServerConfig.store_sink_factory: a sink for one C-STORE, or a status."""
+        info = self._info(assoc)
+        if self.draining:
+            # Stopping: the stores in flight finish, new ones are not started.
+            self.loop.call_soon(assoc.abort)
+            return (STATUS_OUT_OF_RESOURCES, "the node is shutting down")
+        cmd = request.command
+        writer = InstanceWriter(
+            self.storage,
+            cmd.affected_sop_class_uid,
+            cmd.affected_sop_instance_uid,
+            request.transfer_syntax,
+            info.calling,
+            self.called_ae,
+        )
+        try:
+            writer.begin()
+        except StoreRefused as exc:
+            return self.store_failed(info, writer, exc.status, exc.reason)
+        info.in_store = True
+        return _StoreSink(self, info, writer)
+
+    def store_done(self, info: _AssocInfo, size: int, seconds: float) -> None:
+        info.instances += 1
+        info.bytes += size
+        self.instances += 1
+        self.bytes += size
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def store_failed(self, info: _AssocInfo, writer: InstanceWriter, status: int, reason: str) -> tuple[int, str]:
+        info.failed += 1
+        self.failures += 1
+        log.warning("store refused: peer=%s calling=%s sop=%s status=0x%04X: %s",
+                    info.peer, info.calling, writer.sop_instance_uid, status, reason)
+        # Error Comment (0000,0902) is LO: at most 64 printable characters (PS3.7 C.4).
+        comment = "".join(c if " " <= c <= "~" else "?" for c in reason)[:_ERROR_COMMENT_MAX]
+        return status, comment
+
+    # -- listener channel -------------------------------------------------------------------
+
+    def _attach_channel(self, sock: socket.socket) -> None:
+        self._detach_channel()
+        sock.setblocking(False)
+        self.channel = sock
+        self.loop.add_reader(sock.fileno(), self._on_channel)
+
+    def _detach_channel(self) -> None:
+        if self.channel is not None:
+            self.loop.remove_reader(self.channel.fileno())
+            self.channel.close()
+            self.channel = None
+
+    def _on_channel(self) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        fds, eof = recv_fds_batch(channel)
+        for fd in fds:
+            self.loop.create_task(self._serve(socket.socket(fileno=fd)))
+        if eof:
+            self._detach_channel()  # the listener went away; the supervisor sends a new one
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                got = recv_control(self.ctl)
+            except BlockingIOError:
+                return
+            except (OSError, ValueError) as exc:
+                log.error("control channel failed: %s", exc)
+                got = None
+            if got is None:
+                self.loop.remove_reader(self.ctl.fileno())
+                self.request_stop()
+                return
+            message, fd = got
+            if isinstance(message, Stop):
+                self.request_stop()
+            elif isinstance(message, Attach) and fd is not None:
+                sock = socket.socket(fileno=fd)
+                if message.kind == "channel" and not self.draining:
+                    self._attach_channel(sock)
+                elif message.kind == "stream":
+                    self.loop.create_task(self._attach_queue(sock))
+                else:
+                    sock.close()
+            elif fd is not None:
+                os.close(fd)
+
+    def _send_stats(self) -> None:
+        stats = WorkerStats(
+            instances=self.instances, bytes=self.bytes, failures=self.failures,
+            associations=self.associations, rejected=self.rejected,
+            active=len(self.server.active), queue_bytes=self._queue_bytes(), segment=self.segment.name,
+            latency_counts=list(self.latency_counts), latency_sum=self.latency_sum,
+        )
+        try:
+            send_control(self.ctl, stats)
+        except OSError:
+            pass  # the supervisor is busy or gone; the next tick sends fresher numbers
+
+    async def _stats_loop(self) -> None:
+        while not self.stopped.is_set():
+            self._send_stats()
+            try:
+                await asyncio.wait_for(self.stopped.wait(), _STATS_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    def request_stop(self) -> None:
+        if not self.stopped.is_set():
+            self.stopped.set()
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        self.ctl.setblocking(False)
+        loop.add_reader(self.ctl.fileno(), self._on_control)
+        if self.spec.stream_fd >= 0:
+            await self._attach_queue(socket.socket(fileno=self.spec.stream_fd))
+        if self.spec.channel_fd >= 0:
+            self._attach_channel(socket.socket(fileno=self.spec.channel_fd))
+        send_control(self.ctl, Ready(os.getpid(), self.segment.name))
+        log.info("worker %d serving (journal %s, durability %s)", self.k, self.segment.name, self.config.durability)
+        stats = loop.create_task(self._stats_loop())
+        await self.stopped.wait()
+        await self._drain()
+        await stats
+        self._send_stats()
+        return 0
+
+    async def _drain(self) -> None:
+        self.draining = True
+        channel = self.channel
+        if channel is not None:
+            # Connections already handed over are served (and refused 2/3/2).
+            fds, _ = recv_fds_batch(channel)
+            for fd in fds:
+                self.loop.create_task(self._serve(socket.socket(fileno=fd)))
+        self._detach_channel()
+        active = len(self.server.active)
+        if active:
+            log.info("draining %d association(s), at most %.0f s", active, self.config.drain_timeout)
+        idle_killer = self.loop.create_task(self._abort_idle())
+        await self.server.close(self.config.drain_timeout)
+        idle_killer.cancel()
+        for segment in (*self.retiring, self.segment):
+            await segment.publisher.aclose()
+        self.executor.shutdown(wait=True)
+        # Tap callbacks scheduled by the last appends run before the queue closes.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await self._close_queue()
+        for segment in (*self.retiring, self.segment):
+            self.close_segment(segment)
+
+    async def _abort_idle(self) -> None:
+        while True:
+            for assoc in list(self.server.active):
+                info = self.assocs.get(assoc)
+                if info is None or not info.in_store:
+                    assoc.abort()
+            await asyncio.sleep(_DRAIN_POLL_S)
+
+    async def _close_queue(self) -> None:
+        queue = self.queue
+        if queue is None or queue.transport is None:
+            return
+        queue.transport.close()  # flushes what is buffered, then closes
+        try:
+            await asyncio.wait_for(asyncio.shield(queue.closed), _QUEUE_FLUSH_S)
+        except asyncio.TimeoutError:
+            queue.transport.abort()  # an indexer that stopped reading: the journal has it
+
+
+def main(spec: Spec, ctl: socket.socket) -> int:
+    worker = Worker(spec, ctl)
+    try:
+        return worker.loop.run_until_complete(worker.run())
+    finally:
+        worker.loop.close()
