@@ -187,13 +187,28 @@ class MetadataExtractor:
         self._inflater = None
 
     def _inflate(self, data: memoryview | bytes | bytearray) -> None:
-        """PS3.5 A.5: the data set is a raw DEFLATE stream (RFC 1951), no zlib header."""
-        while data and self._inflater is not None and not self._inflater.eof:
+        """PS3.5 A.5: the data set is a raw DEFLATE stream (RFC 1951), no zlib header.
+
+        zlib drops the output of a call that meets corrupt input, so what was examined
+        before the corruption would depend on how the peer cut the stream into PDVs (and
+        with it whether the instance is stored). A failing call is therefore undone (the
+        inflater copied before it) and its input bisected until the bad byte is alone:
+        everything decodable before it is examined, whatever the fragmentation.
+        """
+        view = memoryview(data)
+        while len(view) and self._inflater is not None and not self._inflater.eof:
+            before = self._inflater.copy()
             try:
-                out = self._inflater.decompress(data, _INFLATE_CHUNK)
+                out = self._inflater.decompress(view, _INFLATE_CHUNK)
             except zlib.error as exc:
-                raise MetadataError(f"deflated data set does not inflate: {exc}") from None
-            data = self._inflater.unconsumed_tail
+                if len(view) == 1:
+                    raise MetadataError(f"deflated data set does not inflate: {exc}") from None
+                self._inflater = before
+                half = len(view) // 2
+                self._inflate(view[:half])
+                view = view[half:]
+                continue
+            view = memoryview(self._inflater.unconsumed_tail)
             self._examine(out)
 
     def _examine(self, data: memoryview | bytes | bytearray) -> None:

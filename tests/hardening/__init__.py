@@ -1,0 +1,1 @@
+"""Hardening tests: hostile peers over loopback, property-based fuzzing, TLS and trust."""
