@@ -67,6 +67,7 @@ _SERVE_KEYS = {
     "duplicates": "duplicates", "journal_segment_bytes": "journal-segment-bytes",
     "max_associations": "max-associations", "max_pdu": "max-pdu",
     "require_calling_aet": "require-calling-aet", "require_called_aet": "require-called-aet",
+    "allow_address": "allow-address",
     "tls_cert": "tls-cert", "tls_key": "tls-key", "tls_ca": "tls-ca",
     "metrics_port": "metrics-port", "metrics_host": "metrics-host",
     "acse_timeout": "acse-timeout", "dimse_timeout": "dimse-timeout",
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept only this calling AE title (repeatable)")
     net.add_argument("--require-called-aet", action="store_true", default=None,
                      help="reject associations not addressed to our AE title")
+    net.add_argument("--allow-address", action="append", metavar="CIDR",
+                     help="accept connections only from this address or network (repeatable); "
+                          "others are closed before any PDU is read")
     net.add_argument("--acse-timeout", type=_seconds, metavar="S", help="association setup/release timeout (30)")
     net.add_argument("--dimse-timeout", type=_seconds, metavar="S", help="stalled message timeout (60)")
     net.add_argument("--network-timeout", type=_seconds, metavar="S", help="idle association timeout (120)")

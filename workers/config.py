@@ -14,6 +14,7 @@ This module never starts anything; it reads the files it is told to validate.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -66,6 +67,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_pdu: PduSize = 262144
     require_calling_aet: list[str] = []
     require_called_aet: bool = False
+    # Peer addresses (CIDR) allowed to connect; empty: everyone.
+    allow_address: list[str] = []
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
@@ -150,6 +153,7 @@ def validate(config: NodeConfig) -> None:
     ae_title_bytes(config.aet, "aet")
     for title in config.require_calling_aet:
         ae_title_bytes(title, "require-calling-aet")
+    allowed_networks(config)
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls-cert and tls-key must be given together")
     if config.tls_ca is not None and config.tls_cert is None:
@@ -160,6 +164,23 @@ def validate(config: NodeConfig) -> None:
         raise ConfigError(f"metrics-port {config.metrics_port} is the DICOM port")
     if os.path.exists(config.storage) and not os.path.isdir(config.storage):
         raise ConfigError(f"storage {config.storage} exists and is not a directory")
+
+
+def allowed_networks(
+    config: NodeConfig,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """``allow-address`` as networks for engine.aio.ServerConfig; None admits everyone."""
+    if not config.allow_address:
+        return None
+    networks = []
+    for text in config.allow_address:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"allow-address: {text!r} is not an address or network (e.g. 10.1.0.0/16)"
+            ) from None
+    return networks
 
 
 def ssl_context(config: NodeConfig) -> ssl.SSLContext | None:

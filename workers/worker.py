@@ -59,7 +59,7 @@ from storage import (
     segment_name,
 )
 
-from .config import ae_title_bytes, ssl_context
+from .config import ae_title_bytes, allowed_networks, ssl_context
 from .ipc import (
     LATENCY_BUCKETS,
     Attach,
@@ -186,9 +186,12 @@ class _AssocInfo:
 
 
 def _ae(title: bytes | None) -> str:
+    """An AE title for a log line: the peer chooses these 16 bytes, so anything but
+    printable ASCII is replaced (a line break must not forge a log line, CWE-117)."""
     if not title:
         return "-"
-    return bytes(title).strip(b" \x00").decode("ascii", "replace") or "-"
+    text = bytes(title).strip(b" \x00").decode("ascii", "replace")
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text) or "-"
 
 
 class _StoreSink:
@@ -324,6 +327,7 @@ class Worker:
                 network_timeout=cfg.network_timeout,
                 maximum_associations=None,
                 ssl_context=ssl_context(cfg),
+                allowed_networks=allowed_networks(cfg),
                 store_sink_factory=self._open_sink,
                 admission=self._admit,
             ),

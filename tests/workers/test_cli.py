@@ -111,3 +111,11 @@ def test_ls_without_index_is_one_line(tmp_path: Path):
     done = scpfleet("ls", "--storage", str(tmp_path / "nothing"))
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "no index" in done.stderr
+
+
+def test_bad_allow_address_one_line_exit_2(tmp_path: Path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"allow-address": ["10.0.0.0/8", "not-a-network"]})
+    assert "allow-address" in str(info.value)
+    done = scpfleet("serve", "--storage", str(tmp_path / "s"), "--allow-address", "300.1.2.3")
+    _one_line_error(done, "allow-address")
