@@ -27,7 +27,7 @@ from ._pdu import (
     UserInformation,
 )
 from ._config import IMPLEMENTATION_CLASS_UID
-from .presentation import PresentationContext, negotiate_as_acceptor, role_selections_for
+from .presentation import PresentationContext, SupportedContexts, negotiate_as_acceptor, role_selections_for
 
 __all__ = [
     "AcceptorPolicy",
@@ -99,6 +99,14 @@ class AcceptorPolicy:
     implementation_version_name: str | None = None
     require_called_aet: bool = False
     require_calling_aet: Sequence[bytes] = field(default_factory=tuple)
+    #: ``supported_contexts`` prepared for negotiation on first use (see
+    #: :class:`~engine.presentation.SupportedContexts`).
+    _prepared: SupportedContexts | None = field(default=None, init=False, repr=False)
+
+    def prepared_contexts(self) -> SupportedContexts:
+        if self._prepared is None:
+            self._prepared = SupportedContexts(self.supported_contexts)
+        return self._prepared
 
 
 def provider_check(
@@ -151,7 +159,7 @@ def evaluate_request(
 
     ui = rq.user_information
     ac_items, contexts, roles = negotiate_as_acceptor(
-        rq.presentation_contexts, policy.supported_contexts, ui.role_selections
+        rq.presentation_contexts, policy.prepared_contexts(), ui.role_selections
     )
     identity = None
     if (

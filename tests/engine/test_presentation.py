@@ -808,3 +808,26 @@ def test_round_trip(case) -> None:
             assert cx.as_scu or cx.as_scp
         else:
             assert cx.context_id not in theirs
+
+
+def test_prepared_supported_contexts_negotiate_identically() -> None:
+    """SupportedContexts (prepared once per acceptor) answers exactly as the plain list."""
+    from engine._pdu import PresentationContextRQ
+    from engine.presentation import SupportedContexts, build_context, negotiate_as_acceptor
+
+    supported = [
+        build_context("1.2.840.10008.1.1"),
+        build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"]),
+    ]
+    proposed = [
+        PresentationContextRQ(1, "1.2.840.10008.5.1.4.1.1.2", ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")),
+        PresentationContextRQ(3, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+        PresentationContextRQ(5, "1.2.840.10008.5.1.4.1.1.4", ("1.2.840.10008.1.2",)),
+        PresentationContextRQ(7, "1.2.840.10008.5.1.4.1.1.2", ("1.2.840.10008.1.2.2",)),
+    ]
+    plain = negotiate_as_acceptor(proposed, supported)
+    prepared = negotiate_as_acceptor(proposed, SupportedContexts(supported))
+    assert plain[0] == prepared[0]
+    assert [str(c) for c in plain[1]] == [str(c) for c in prepared[1]]
+    assert [c.result for c in prepared[1]] == [0, 0]
+    assert [item.result for item in prepared[0]] == [0, 0, 3, 4]
