@@ -33,6 +33,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -169,6 +170,8 @@ class Supervisor:
         try:
             swept = sweep_temp(self.root)
             since = unclean_since(self.root)
+            if self._set_aside_corrupt_index():
+                since = 0.0  # rebuild: index every instance file on disk
             with Index(cfg.index_path) as index:
                 replayed = replay(self.root, index)
                 retired = retire(self.root, index, ())
@@ -194,6 +197,33 @@ class Supervisor:
                 raise StartupError("metrics-port needs prometheus-client (pip install 'scpfleet[metrics]')") from None
             except OSError as exc:
                 raise StartupError(f"metrics {cfg.metrics_host}:{cfg.metrics_port}: {exc.strerror or exc}") from None
+
+    def _set_aside_corrupt_index(self) -> bool:
+        """Move an index file SQLite does not open as a database (garbage, a destroyed
+        header) to ``<index>.corrupt-<timestamp>`` so recovery rebuilds it from the
+        journals and the files on disk; True when it did. Other errors (locked,
+        unreadable, damage deeper in a valid file) are left to fail recovery with their
+        own one-line message."""
+        path = self.config.index_path
+        if not os.path.exists(path):
+            return False
+        try:
+            Index(path).close()
+            return False
+        except sqlite3.OperationalError:
+            return False
+        except sqlite3.DatabaseError as exc:
+            reason = exc
+        aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, aside)
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.replace(path + suffix, aside + suffix)
+            except FileNotFoundError:
+                pass
+        log.warning("index %s is corrupt (%s): moved to %s; rebuilding it from the journals and the "
+                    "files in %s", path, reason, aside, self.root)
+        return True
 
     def _lock_root(self) -> None:
         deadline = time.monotonic() + _LOCK_WAIT_S
