@@ -490,11 +490,18 @@ class Association:
             transport.abort()
 
     def _arm_timer(self) -> None:
+        """Keep one loop timer at or before the earliest deadline (ARTIM, idle).
+
+        Every received chunk moves the idle deadline later; a timer already armed for an
+        earlier moment is kept (when it fires, :meth:`_on_timer` re-checks and re-arms),
+        so the hot path does not cancel and create a timer per chunk.
+        """
         deadline = self.conn.next_deadline()
         idle = self._idle_deadline()
         if idle is not None and (deadline is None or idle < deadline):
             deadline = idle
-        if deadline == self._timer_at:
+        armed = self._timer_at
+        if armed is not None and (deadline is None or armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
