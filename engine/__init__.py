@@ -1,15 +1,16 @@
 """scpfleet's DICOM networking engine: Upper Layer, ACSE and DIMSE, written from the standard.
 
 The protocol core (``_pdu``, ``_fsm``, ``_connection``, ``_acse``, ``_dimse``) is sans-IO;
-:mod:`engine.aio` runs it on asyncio/uvloop; :class:`ApplicationEntity` offers the
-pynetdicom-style blocking API on top. See docs/architecture.md.
+:mod:`engine.aio` runs it on asyncio/uvloop; :mod:`engine.services` is the seam where
+DICOM service providers plug in; :class:`ApplicationEntity` offers the pynetdicom-style
+blocking API on top. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import logging
 
-from . import evt, sop_class, status
+from . import evt, services, sop_class, status
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .ae import AE, ApplicationEntity, AssociationServer
 from .association import Association
@@ -33,6 +34,7 @@ __all__ = [
     "build_context",
     "debug_logger",
     "evt",
+    "services",
     "sop_class",
     "status",
     "ProtocolError",

@@ -8,7 +8,31 @@ requests (accept, send a message, release, abort) through the other methods; eve
 call takes ``now`` from the caller's clock. What comes out is drained by the I/O
 adapter: :meth:`data_to_send` gives buffers for ``transport.writelines``,
 :meth:`events` gives :class:`ConnectionEvent` objects for the service user, and
-:attr:`wants_close` says the machine asked for the transport to be closed.
+:attr:`wants_close` says the transport is to be closed (after what is queued is sent).
+
+Every timer of the connection lives here, as deadlines on the caller's clock (aioquic's
+``get_timer``/``handle_timer``): :meth:`next_deadline` says when :meth:`handle_timer`
+must next be called. Three timers share it:
+
+* **ARTIM** (PS3.8 9.1.5), run by the state machine during association set-up and
+  release; the same ACSE timeout bounds our wait for the peer's A-ASSOCIATE-AC/RJ
+  (Sta5) and A-RELEASE-RP (Sta7);
+* the **DIMSE timeout**: a message from the peer stalled halfway, or a response we are
+  waiting for (a request we sent) not coming;
+* the **network timeout**: an established association on which nothing happens. It
+  does not run while we owe the peer a response (our service user is working), and the
+  DIMSE timeout falls back to it when none is set.
+
+An ACSE, DIMSE or network timeout aborts the association (A-ABORT, service-user source) and
+reports :class:`Aborted` with ``local=True`` and the timer's name in ``detail``. To
+know which timer applies, the connection counts the requests in each direction that
+still await their final response (PS3.7 9.1.2: a Pending status is not final).
+
+A release collision (PS3.8 7.2, Table 9-10 Sta9-Sta12) is resolved here too: the user
+answers every :class:`ReleaseRequested` with :meth:`release_response` whenever it is
+ready; on the acceptor side of a collision the answer is held until the peer's
+A-RELEASE-RP has arrived (AR-10) and then sent. :class:`ReleaseConfirmed` says the
+association is released.
 
 It never performs I/O, never reads a clock, never decides policy: whether to accept an
 association is the ACSE user's business (:mod:`engine._acse`), where a data set goes is
@@ -20,6 +44,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._dimse import (
+    C_CANCEL_RQ,
     CommandReceived,
     DatasetFragment,
     MessageAssembler,
@@ -113,7 +138,9 @@ class AssociationRejected(ConnectionEvent):
 
 
 class ReleaseRequested(ConnectionEvent):
-    """A-RELEASE indication; ``collision`` when we had asked for release too."""
+    """A-RELEASE indication: answer it with :meth:`Connection.release_response` once
+    every response owed has been sent. ``collision`` when we had asked for release
+    too; the association is then released at :class:`ReleaseConfirmed`."""
 
     __slots__ = ("collision",)
 
@@ -122,7 +149,8 @@ class ReleaseRequested(ConnectionEvent):
 
 
 class ReleaseConfirmed(ConnectionEvent):
-    """A-RELEASE confirmation: the association is released."""
+    """A-RELEASE confirmation: our release request was answered, so the association
+    is released (after a collision, once both answers have crossed)."""
 
     __slots__ = ()
 
@@ -150,7 +178,9 @@ class Connection:
 
     ``max_pdu_receive`` is the Maximum Length we advertise (0: none) and is enforced on
     every received P-DATA-TF. ``acceptable`` (acceptor only) is the service provider's
-    check in AE-6: it returns None or the A-ASSOCIATE-RJ to send.
+    check in AE-6: it returns None or the A-ASSOCIATE-RJ to send. ``artim_timeout``,
+    ``dimse_timeout`` and ``network_timeout`` are in seconds of the caller's clock (None:
+    that timer never runs); see the module docstring.
     """
 
     __slots__ = (
@@ -160,13 +190,19 @@ class Connection:
         "peer_max_pdu",
         "wants_close",
         "wants_connect",
+        "dimse_timeout",
+        "network_timeout",
         "_out",
         "_events",
         "protocol_error",
         "_release_requested",
+        "_release_answered",
         "_dead_input",
         "_dimse_dead",
         "_pending_request_max",
+        "_last_activity",
+        "_owed",
+        "_awaited",
     )
 
     def __init__(
@@ -177,6 +213,8 @@ class Connection:
         artim_timeout: float | None = 30.0,
         acceptable: Callable[[AAssociateRQ], AAssociateRJ | None] | None = None,
         max_associate_length: int = 1 << 20,
+        dimse_timeout: float | None = None,
+        network_timeout: float | None = None,
     ) -> None:
         self.machine = DULStateMachine(
             is_requestor=is_requestor, artim_timeout=artim_timeout, acceptable=acceptable
@@ -188,14 +226,26 @@ class Connection:
         self.peer_max_pdu = 0
         self.wants_close = False
         self.wants_connect = False
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
         self._out: list[bytes | memoryview] = []
         self._events: list[ConnectionEvent] = []
         #: The peer's protocol error that ended this connection, for logs.
         self.protocol_error: RemoteProtocolError | None = None
         self._release_requested = False
+        # The user answered a collision's A-RELEASE indication in Sta10 (acceptor side):
+        # the A-RELEASE-RP goes out once the peer's has arrived (AR-10, Sta12).
+        self._release_answered = False
         self._dead_input = False
         self._dimse_dead = False
         self._pending_request_max = 0
+        # Last time bytes were received or queued for sending: the idle timers count
+        # from it.
+        self._last_activity = 0.0
+        # Message IDs of requests received that we have not finally answered (owed), and
+        # of requests we sent whose final response has not come (awaited).
+        self._owed: set[int | None] = set()
+        self._awaited: set[int] = set()
 
     # -- state --------------------------------------------------------------------------
 
@@ -208,9 +258,75 @@ class Connection:
         """Sta6 or one of the release states that still carry data (Sta7, Sta8)."""
         return self.machine.state in (State.Sta6, State.Sta7, State.Sta8)
 
+    @property
+    def awaiting_association_response(self) -> bool:
+        """An A-ASSOCIATE indication awaits the user's accept or reject (Sta3). False
+        when a PDU read with the request already ended the association."""
+        return self.machine.state is State.Sta3
+
+    @property
+    def can_abort(self) -> bool:
+        """Whether an A-ABORT request is still meaningful (the association exists)."""
+        return self.machine.transition_for(Event.Evt15) is not None
+
+    @property
+    def last_activity(self) -> float:
+        """When bytes were last received or queued for sending (the caller's clock)."""
+        return self._last_activity
+
+    @property
+    def owes_response(self) -> bool:
+        """Whether a received request still awaits our final response."""
+        return bool(self._owed)
+
+    # -- timers ---------------------------------------------------------------------------
+
     def next_deadline(self) -> float | None:
-        """When :meth:`handle_timer` next needs to be called (the ARTIM deadline)."""
-        return self.machine.artim_deadline
+        """When :meth:`handle_timer` next needs to be called (ARTIM, DIMSE or network
+        timeout, whichever comes first), or None when no timer runs."""
+        deadline = self.machine.artim_deadline
+        idle = self._idle_deadline()[0]
+        if idle is not None and (deadline is None or idle < deadline):
+            return idle
+        return deadline
+
+    def _idle_deadline(self) -> tuple[float | None, str]:
+        """The ACSE, DIMSE or network deadline and its name (None when none runs)."""
+        state = self.machine.state
+        if state is State.Sta5 or state is State.Sta7:
+            # Awaiting the peer's A-ASSOCIATE-AC/RJ or A-RELEASE-RP: the ACSE timeout
+            # (PS3.8 leaves ARTIM off here; pynetdicom's acse_timeout bounds the wait).
+            timeout = self.machine.artim_timeout
+            if timeout is None:
+                return None, ""
+            return self._last_activity + timeout, "ACSE"
+        if state is not State.Sta6 and state is not State.Sta8:
+            return None, ""
+        timeout = None
+        kind = "network"
+        if self._awaited or self.assembler.in_message:
+            timeout = self.dimse_timeout
+            kind = "DIMSE"
+        elif self._owed:
+            return None, ""  # our own service user is at work: nothing to time out
+        if timeout is None:
+            timeout = self.network_timeout
+            kind = "network"
+        if timeout is None:
+            return None, ""
+        return self._last_activity + timeout, kind
+
+    def handle_timer(self, now: float) -> None:
+        """Handle every timer whose deadline has passed: ARTIM expiry is Evt18; a DIMSE
+        or network timeout aborts the association (AA-1) and reports :class:`Aborted`."""
+        if self.machine.artim_expired(now):
+            self._run(Event.Evt18, now, None)
+        deadline, kind = self._idle_deadline()
+        if deadline is not None and now >= deadline:
+            self._events.append(
+                Aborted(ABORT_SOURCE_USER, 0, local=True, detail=f"{kind} timeout")
+            )
+            self.abort(now, close=True)
 
     # -- output drains ----------------------------------------------------------------------
 
@@ -228,6 +344,7 @@ class Connection:
 
     def connection_made(self, now: float) -> None:
         """Transport Connection Indication (Evt5, acceptor) or Confirm (Evt2, requestor)."""
+        self._last_activity = now
         if self.machine.is_requestor:
             self.wants_connect = False
             self._run(Event.Evt2, now, None)
@@ -239,15 +356,11 @@ class Connection:
         if self.machine.state is not State.Sta1:
             self._run(Event.Evt17, now, None)
 
-    def handle_timer(self, now: float) -> None:
-        """ARTIM timer expired (Evt18) if its deadline has passed."""
-        if self.machine.artim_expired(now):
-            self._run(Event.Evt18, now, None)
-
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed bytes from the transport: each PDU becomes its Table 9-10 event."""
         if self._dead_input or self.machine.state is State.Sta1:
             return
+        self._last_activity = now
         try:
             pdus = self.decoder.feed(data)
         except RemoteProtocolError as exc:
@@ -264,11 +377,13 @@ class Connection:
 
     def request_association(self, request: AAssociateRQ, now: float) -> None:
         """A-ASSOCIATE request (Evt1): asks the adapter to open the transport."""
+        self._last_activity = now
         self._run(Event.Evt1, now, request)
 
     def accept(self, accept: AAssociateAC, now: float) -> None:
         """A-ASSOCIATE response, accept (Evt7)."""
         self.peer_max_pdu = self._pending_request_max
+        self._last_activity = now
         self._run(Event.Evt7, now, accept)
 
     def reject(self, reject: AAssociateRJ, now: float) -> None:
@@ -287,25 +402,67 @@ class Connection:
             context_id, encode_command(command), dataset, self.peer_max_pdu
         )
         self._run(Event.Evt9, now, buffers)
+        self._sent(command, now)
+
+    def send_command(self, context_id: int, command: Any, now: float) -> None:
+        """P-DATA request (Evt9) with a message's command set only: its data set follows
+        through :meth:`send_buffers` (a streamed send)."""
+        buffers = fragment_message(context_id, encode_command(command), None, self.peer_max_pdu)
+        self._run(Event.Evt9, now, buffers)
+        self._sent(command, now)
 
     def send_buffers(self, buffers: list[bytes | memoryview], now: float) -> None:
-        """P-DATA request (Evt9) with already-encoded P-DATA-TF PDUs (streaming sends)."""
+        """P-DATA request (Evt9) with already-encoded P-DATA-TF PDUs (a streamed data set,
+        after :meth:`send_command`)."""
         self._run(Event.Evt9, now, buffers)
+        self._last_activity = now
+
+    def _sent(self, command: Any, now: float) -> None:
+        """Count what a message sent changes in the requests awaiting an answer."""
+        self._last_activity = now
+        field = command.command_field
+        if field & 0x8000:
+            if command.status not in _PENDING:
+                self._owed.discard(command.message_id_being_responded_to)
+        elif field != C_CANCEL_RQ:
+            self._awaited.add(command.message_id)
 
     def release(self, now: float) -> None:
         """A-RELEASE request (Evt11)."""
+        self._last_activity = now
         self._run(Event.Evt11, now, AReleaseRQ())
         self._release_requested = True
 
     def release_response(self, now: float) -> None:
-        """A-RELEASE response (Evt14)."""
+        """A-RELEASE response (Evt14) to a :class:`ReleaseRequested`.
+
+        On the acceptor side of a release collision (Sta10) the response is held until
+        the peer's A-RELEASE-RP arrives (PS3.8 Table 9-10: AR-10, then AR-4 in Sta12).
+        A no-op once the association is gone; a LocalProtocolError when no release was
+        requested.
+        """
+        state = self.machine.state
+        if state is State.Sta10:
+            self._release_answered = True
+            return
+        if state is State.Sta1 or state is State.Sta13:
+            return  # the association ended (abort, closed transport): nothing to answer
         self._run(Event.Evt14, now, AReleaseRP())
 
-    def abort(self, now: float, source: int = ABORT_SOURCE_USER, reason: int = 0) -> None:
-        """A-ABORT request (Evt15); a no-op once the association is already gone."""
+    def abort(
+        self, now: float, source: int = ABORT_SOURCE_USER, reason: int = 0, *, close: bool = False
+    ) -> None:
+        """A-ABORT request (Evt15); a no-op once the association is already gone.
+
+        ``close``: the transport is to be closed as soon as the A-ABORT is written,
+        rather than waiting for the peer to close it (AA-1 leaves us in Sta13 until
+        then, bounded by ARTIM).
+        """
         if self.machine.transition_for(Event.Evt15) is None:
             return
         self._run(Event.Evt15, now, AAbort(source=source, reason=reason))
+        if close:
+            self.wants_close = True
 
     # -- the engine ---------------------------------------------------------------------
 
@@ -342,6 +499,10 @@ class Connection:
             self._events.append(ReleaseRequested(collision=self._release_requested))
         elif primitive is Primitive.A_RELEASE_CONFIRMATION:
             self._events.append(ReleaseConfirmed())
+            if self._release_answered and self.machine.state is State.Sta12:
+                # The collision's held answer (see release_response): AR-4.
+                self._release_answered = False
+                self._run(Event.Evt14, now, AReleaseRP())
         elif primitive is Primitive.A_ABORT_INDICATION:
             pdu = out.pdu
             self._events.append(Aborted(pdu.source, pdu.reason, local=False))
@@ -365,7 +526,10 @@ class Connection:
         events = self._events
         try:
             for pdv in pdu.pdvs:
-                events.extend(feed(pdv))
+                for received in feed(pdv):
+                    if type(received) is CommandReceived:
+                        self._received(received.command)
+                    events.append(received)
         except RemoteProtocolError as exc:
             # DIMSE is the DUL's service user: its protocol errors are service-user
             # aborts (A-ABORT request, Evt15), not provider ones.
@@ -377,3 +541,16 @@ class Connection:
             )
             self.abort(now, ABORT_SOURCE_USER, 0)
 
+    def _received(self, command: Any) -> None:
+        """Count what a received command changes in the requests awaiting an answer."""
+        field = command.command_field
+        if field & 0x8000:
+            status = getattr(command, "status", None)
+            if status not in _PENDING:
+                self._awaited.discard(getattr(command, "message_id_being_responded_to", None))
+        elif field != C_CANCEL_RQ:
+            self._owed.add(command.message_id)
+
+
+#: PS3.7 C.1.3: Pending statuses say more responses to the same request follow.
+_PENDING = frozenset((0xFF00, 0xFF01))

@@ -8,9 +8,10 @@ transfer syntax negotiated for the presentation context (PS3.5 Section 10).
 
 from __future__ import annotations
 
+import struct
 import zlib
 from io import BytesIO
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -28,6 +29,8 @@ __all__ = [
     "encode_dataset",
     "build_file_meta",
     "dataset_transfer_syntax",
+    "read_part10_header",
+    "Part10Header",
     "UNCOMPRESSED",
 ]
 
@@ -118,3 +121,73 @@ def build_file_meta(
             title.decode(errors="replace") if isinstance(title, bytes) else title
         ).strip()
     return meta
+
+
+class Part10Header(NamedTuple):
+    """What a sender needs from a Part 10 file's File Meta Information (PS3.10 7.1)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    #: Offset of the data set's first byte in the file.
+    dataset_offset: int
+
+
+# PS3.10 7.1: 128-byte preamble, then "DICM", then group 0002 in Explicit VR LE.
+_PREAMBLE = 128
+# PS3.5 7.1.2: VRs with a 2-byte reserved field and a 32-bit length.
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"))
+# Deflated data sets start with arbitrary bytes: only (0002,0000) says where group 2 ends.
+_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+# A File Meta group is a few hundred bytes; anything longer is not one.
+_MAX_META = 64 * 1024
+
+
+def read_part10_header(fp: BinaryIO) -> Part10Header:
+    """Read the File Meta Information of the Part 10 file ``fp`` is at the start of,
+    leaving ``fp`` at the data set's first byte (ready to stream it unchanged).
+
+    Elements are walked one by one until the group changes, so a missing or wrong
+    (0002,0000) is tolerated, except before a deflated data set, whose first bytes are
+    arbitrary: there the group length bounds the group. Raises ValueError when the file
+    is not Part 10 or lacks the Transfer Syntax UID.
+    """
+    start = fp.tell()
+    head = fp.read(_PREAMBLE + 4)
+    if len(head) < _PREAMBLE + 4 or head[_PREAMBLE:] != b"DICM":
+        raise ValueError("not a DICOM Part 10 file: no 'DICM' after the 128-byte preamble")
+    pos = _PREAMBLE + 4
+    values: dict[int, str] = {}
+    group_end = None
+    while pos < _MAX_META:
+        if group_end is not None and pos >= group_end and values.get(0x0010) in _DEFLATED:
+            break
+        header = fp.read(8)
+        if len(header) < 8 or header[:2] != b"\x02\x00":
+            break
+        elem = struct.unpack_from("<H", header, 2)[0]
+        vr = header[4:6]
+        if vr in _LONG_VRS:
+            more = fp.read(4)
+            if len(more) < 4:
+                break
+            length = struct.unpack("<I", more)[0]
+            size = 12
+        else:
+            length = struct.unpack_from("<H", header, 6)[0]
+            size = 8
+        if length > _MAX_META:
+            raise ValueError(f"(0002,{elem:04X}) length {length} does not fit a File Meta group")
+        value = fp.read(length)
+        if len(value) < length:
+            raise ValueError("the file ends inside its File Meta Information")
+        if elem == 0 and length == 4:
+            group_end = pos + size + 4 + struct.unpack("<I", value)[0]
+        elif elem in (0x0002, 0x0003, 0x0010):
+            values[elem] = value.decode("latin-1").strip(" \x00")
+        pos += size + length
+    if not values.get(0x0010):
+        raise ValueError("the File Meta Information has no (0002,0010) Transfer Syntax UID")
+    fp.seek(start + pos)
+    return Part10Header(values.get(0x0002, ""), values.get(0x0003, ""), values[0x0010], pos)

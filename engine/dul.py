@@ -99,7 +99,7 @@ class DULServiceProvider:
                 assoc.conn.send_buffers([encode_pdu(params)], now)
             else:
                 raise TypeError(f"send_pdu takes AAbort, AReleaseRQ or PDataTF, not {params!r}")
-            assoc._pump()
+            assoc.pump()
 
         if self._runner is not None and not self._runner.is_loop_thread:
             self._runner.call(perform)
@@ -125,7 +125,7 @@ class DULServiceProvider:
         timeout = self._assoc.network_timeout
         if timeout is None:
             return False
-        return self._assoc.loop.time() - self._assoc._last_rx >= timeout
+        return self._assoc.loop.time() - self._assoc.conn.last_activity >= timeout
 
     def stop_dul(self) -> bool:
         """True if the machine is idle (Sta1): there is nothing left to stop."""

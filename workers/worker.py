@@ -44,7 +44,8 @@ from typing import Any
 from engine import evt
 from engine._acse import AcceptorPolicy, rejection_description
 from engine._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from engine.aio import AssociationServer, ServerConfig, new_event_loop
+from engine.aio import AssociationServer, ServerConfig, ServiceRegistry, new_event_loop
+from engine.dimse import C_ECHO_RQ, C_STORE_RQ
 from engine.presentation import PresentationContext
 from engine.sop_class import STORAGE_SOP_CLASSES, VerificationSOPClass
 from storage import (
@@ -195,9 +196,10 @@ def _ae(title: bytes | None) -> str:
 
 
 class _StoreSink:
-    """One C-STORE's data set on its way to disk (engine.aio.StoreSink)."""
+    """One C-STORE's data set on its way to disk (an engine.services.Operation)."""
 
     __slots__ = ("worker", "info", "writer", "refused", "started")
+    holds_reading = True
 
     def __init__(self, worker: Worker, info: _AssocInfo, writer: InstanceWriter) -> None:
         self.worker = worker
@@ -242,6 +244,15 @@ class _StoreSink:
     def abort(self) -> None:
         self.writer.abort()
         self.info.in_store = False
+
+
+class _Provider:
+    """A service provider that is one callable."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: Any) -> None:
+        self.start = start
 
 
 class _QueueProtocol(asyncio.Protocol):
@@ -328,7 +339,10 @@ class Worker:
                 maximum_associations=None,
                 ssl_context=ssl_context(cfg),
                 allowed_networks=allowed_networks(cfg),
-                store_sink_factory=self._open_sink,
+                services=ServiceRegistry()
+                .add(_Provider(lambda request: 0x0000), [C_ECHO_RQ], [VerificationSOPClass])
+                .add(_Provider(lambda request: self._open_sink(request.association, request)),
+                     [C_STORE_RQ]),
                 admission=self._admit,
             ),
             loop=self.loop,
@@ -535,7 +549,7 @@ class Worker:
     # -- C-STORE --------------------------------------------------------------------------
 
     def _open_sink(self, assoc: Any, request: Any) -> Any:
-        """ServerConfig.store_sink_factory: a sink for one C-STORE, or a status."""
+        """The C-STORE provider: a sink for one C-STORE, or a status."""
         info = self._info(assoc)
         if self.draining:
             # Stopping: the stores in flight finish, new ones are not started.

@@ -1,10 +1,10 @@
 """The native async API (``engine.aio``): many associations on one uvloop loop, timers,
-streaming sinks and the order of events around a slow sink.
+streaming operations and the order of events around a slow one.
 
 Theory of operation: each test runs one coroutine on a fresh uvloop loop
 (``asyncio.Runner(loop_factory=aio.new_event_loop)``) that owns both ends: an
-``aio.AssociationServer`` on an ephemeral 127.0.0.1 port, fed by a store sink factory the
-test controls, and requestors made with ``aio.associate`` (or raw sockets, for peers
+``aio.AssociationServer`` on an ephemeral 127.0.0.1 port, serving C-STORE through a
+service provider the test controls, and requestors made with ``aio.associate`` (or raw sockets, for peers
 that misbehave on purpose). Timer tests use sub-second ACSE/DIMSE/network timeouts and
 wait for the resulting event with a generous bound; they assert what happened (EOF,
 A-ABORT, ``sink.abort()``), never how fast. Every server is closed and every requestor
@@ -21,7 +21,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from engine import AE, aio, build_context, evt
 from engine._acse import AcceptorPolicy
-from engine._dimse import CStoreRQ, encode_command, fragment_message
+from engine._dimse import C_ECHO_RQ, C_STORE_RQ, CStoreRQ, encode_command, fragment_message
+from engine._handlers import EchoHandler
+from engine.services import Request, ServiceRegistry
 from engine._pdu import pdata_header
 from engine.sop_class import Verification
 from tests.dicomdata import SOP_CLASSES, dataset_offset, make_dataset
@@ -37,6 +39,11 @@ def run(main: Callable[[], Awaitable]) -> object:
     """Run ``main()`` on a new uvloop loop and close it."""
     with asyncio.Runner(loop_factory=aio.new_event_loop) as runner:
         return runner.run(main())
+
+
+def store_services(provider: object) -> ServiceRegistry:
+    """C-ECHO answered Success, C-STORE served by ``provider``."""
+    return ServiceRegistry().add(EchoHandler(), [C_ECHO_RQ]).add(provider, [C_STORE_RQ])
 
 
 def server_config(**overrides) -> aio.ServerConfig:
@@ -74,7 +81,7 @@ async def start_server(config: aio.ServerConfig) -> tuple[aio.AssociationServer,
 
 
 class Sinks:
-    """A store sink factory that counts, and remembers every sink it opened."""
+    """A C-STORE service provider that counts, and remembers every operation it started."""
 
     def __init__(self, finish: Callable[["Sink"], Awaitable[int]] | None = None) -> None:
         self.opened: list[Sink] = []
@@ -84,7 +91,8 @@ class Sinks:
         self.max_active = 0
         self._finish = finish
 
-    def __call__(self, assoc: aio.Association, request: aio.StoreRequest) -> "Sink":
+    def start(self, request: Request) -> "Sink":
+        assoc = request.association
         if assoc.server is not None:
             self.max_active = max(self.max_active, assoc.server.established_count)
         sink = Sink(self, request)
@@ -93,7 +101,9 @@ class Sinks:
 
 
 class Sink:
-    def __init__(self, owner: Sinks, request: aio.StoreRequest) -> None:
+    holds_reading = True
+
+    def __init__(self, owner: Sinks, request: Request) -> None:
         self.owner = owner
         self.request = request
         self.received = 0
@@ -154,7 +164,7 @@ def test_fifty_concurrent_associations_store_500(tiny_files):
         return statuses
 
     async def main() -> list[list[int]]:
-        server, port = await start_server(server_config(store_sink_factory=sinks))
+        server, port = await start_server(server_config(services=store_services(sinks)))
         try:
             barrier = asyncio.Barrier(ASSOCIATIONS)
             return await asyncio.wait_for(
@@ -245,7 +255,7 @@ def test_dimse_timeout_aborts_peer_stalled_mid_dataset():
         config = server_config(
             dimse_timeout=SHORT_TIMEOUT_S,
             network_timeout=WAIT_S,
-            store_sink_factory=sinks,
+            services=store_services(sinks),
             handlers=evt.normalize_handlers([(evt.EVT_ESTABLISHED, on_established)]),
         )
         server, port = await start_server(config)
@@ -267,7 +277,7 @@ def test_dimse_timeout_aborts_peer_stalled_mid_dataset():
                                        assoc.conn.peer_max_pdu)
             buffers += [pdata_header(cx.context_id, False, False, len(part)), part]
             assoc.conn.send_buffers(buffers, loop.time())
-            assoc._pump()
+            assoc.pump()
             await asyncio.wait_for(asyncio.shield(assoc.closed), WAIT_S)
             return assoc
         finally:
@@ -278,7 +288,7 @@ def test_dimse_timeout_aborts_peer_stalled_mid_dataset():
     (sink,) = sinks.opened
     assert sink.state == "aborted" and sinks.aborted == 1 and sinks.finished == 0
     assert sink.received == 18  # the one fragment that came: 8-byte header + 10
-    assert str(sink.request.AffectedSOPInstanceUID) == "1.2.3.4.5"
+    assert sink.request.command.affected_sop_instance_uid == "1.2.3.4.5"
     (acceptor,) = server_side
     assert acceptor.is_aborted and "DIMSE timeout" in acceptor.abort_info.detail
 
@@ -334,7 +344,7 @@ def test_requestor_dimse_timeout_when_response_never_comes():
 
     async def main() -> tuple:
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: problems.append(ctx))
-        server, port = await start_server(server_config(store_sink_factory=sinks))
+        server, port = await start_server(server_config(services=store_services(sinks)))
         try:
             assoc = await aio.associate(HOST, port,
                                         requestor_config(dimse_timeout=SHORT_TIMEOUT_S))
@@ -376,7 +386,7 @@ def test_release_request_waits_for_slow_sink_response():
 
     async def main() -> tuple[int, str]:
         config = server_config(
-            store_sink_factory=sinks,
+            services=store_services(sinks),
             handlers=evt.normalize_handlers([(evt.EVT_RELEASED, on_released)]),
         )
         server, port = await start_server(config)

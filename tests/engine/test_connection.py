@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from engine._acse import AcceptorPolicy, build_request, evaluate_request, provider_check
+from engine._errors import ABORT_SOURCE_USER
 from engine._connection import (
     Aborted,
     AssociationAccepted,
@@ -27,7 +28,7 @@ from engine._connection import (
     ReleaseConfirmed,
     ReleaseRequested,
 )
-from engine._dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, encode_command
+from engine._dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, encode_command, fragment_message
 from engine._errors import LocalProtocolError
 from engine._fsm import State
 from engine._pdu import PDV, AAssociateRJ, PDataTF, encode_pdu, pdata_header
@@ -73,20 +74,24 @@ class Pair:
         acceptable: Callable[[Any], Any] | None = provider_check,
         contexts: tuple[str, ...] = (VERIFICATION, CT_IMAGE_STORAGE),
         one_byte: bool = False,
+        dimse_timeout: float | None = None,
+        network_timeout: float | None = None,
     ) -> None:
         self.now = 1000.0
         self.one_byte = one_byte
         self.requestor_max = requestor_max
         self.acceptor_max = acceptor_max
         self.contexts = assign_context_ids([build_context(uid) for uid in contexts])
+        timers = dict(dimse_timeout=dimse_timeout, network_timeout=network_timeout)
         self.req = Connection(
-            is_requestor=True, max_pdu_receive=requestor_max, artim_timeout=ARTIM
+            is_requestor=True, max_pdu_receive=requestor_max, artim_timeout=ARTIM, **timers
         )
         self.acc = Connection(
             is_requestor=False,
             max_pdu_receive=acceptor_max,
             artim_timeout=ARTIM,
             acceptable=acceptable,
+            **timers,
         )
         self.req_events: list[ConnectionEvent] = []
         self.acc_events: list[ConnectionEvent] = []
@@ -456,8 +461,9 @@ def test_data_still_flows_while_release_is_pending() -> None:
     assert [type(e) for e in req_events[1:]] == [ReleaseConfirmed]
 
 
+@pytest.mark.parametrize("answer_early", [False, True], ids=["answer-late", "answer-early"])
 @pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "byte-by-byte"])
-def test_release_collision(one_byte: bool) -> None:
+def test_release_collision(one_byte: bool, answer_early: bool) -> None:
     pair = Pair(one_byte=one_byte)
     pair.associate()
     pair.req.release(pair.now)
@@ -471,17 +477,20 @@ def test_release_collision(one_byte: bool) -> None:
     assert [(type(e), e.collision) for e in acc_events] == [(ReleaseRequested, True)]
     assert pair.req.state is State.Sta9  # requestor side: awaits the local response
     assert pair.acc.state is State.Sta10  # acceptor side: awaits the A-RELEASE-RP
-    # The acceptor must not answer before the requestor's A-RELEASE-RP arrives.
-    with pytest.raises(LocalProtocolError):
+    if answer_early:
+        # The acceptor answers its indication at once: the core holds the answer until
+        # the requestor's A-RELEASE-RP has arrived (AR-10), then sends it (AR-4).
         pair.acc.release_response(pair.now)
-    assert pair.acc.state is State.Sta10
+        assert pair.acc.state is State.Sta10
+        assert pair.to_requestor() == b""
     pair.req.release_response(pair.now)  # AR-9
     assert pair.req.state is State.Sta11
     assert pair.to_acceptor() == RELEASE_RP_BYTES  # AR-10 on the acceptor
     _, acc_events = pair.take()
     assert [type(e) for e in acc_events] == [ReleaseConfirmed]
-    assert pair.acc.state is State.Sta12
-    pair.acc.release_response(pair.now)  # AR-4
+    if not answer_early:
+        assert pair.acc.state is State.Sta12
+        pair.acc.release_response(pair.now)  # AR-4
     assert pair.acc.state is State.Sta13
     assert pair.acc.next_deadline() == pair.now + ARTIM
     assert pair.to_requestor() == RELEASE_RP_BYTES  # AR-3 on the requestor
@@ -749,3 +758,126 @@ def test_dimse_violation_in_same_chunk_as_more_pdus() -> None:
     assert pair.wire(pair.acc) == USER_ABORT_BYTES
     events = pair.acc.events()
     assert [type(e) for e in events] == [Aborted]
+
+
+# --------------------------------------------------------------------------
+# DIMSE, network and ACSE timers: deadlines on the caller's clock, in the core.
+
+DIMSE_S = 7.0
+NETWORK_S = 60.0
+
+
+def _timed_pair() -> Pair:
+    pair = Pair(dimse_timeout=DIMSE_S, network_timeout=NETWORK_S)
+    pair.associate()
+    return pair
+
+
+def test_network_timeout_on_an_idle_association() -> None:
+    pair = _timed_pair()
+    assert pair.acc.next_deadline() == pair.now + NETWORK_S
+    pair.acc.handle_timer(pair.now + NETWORK_S - 0.1)
+    assert pair.acc.is_established and pair.acc.events() == []
+    pair.acc.handle_timer(pair.now + NETWORK_S)
+    (event,) = pair.acc.events()
+    _assert_aborted(event, ABORT_SOURCE_USER, 0, local=True)
+    assert event.detail == "network timeout"
+    assert pair.acc.wants_close and pair.acc.state is State.Sta13
+    assert pair.wire(pair.acc) == USER_ABORT_BYTES
+
+
+def test_received_data_moves_the_network_deadline() -> None:
+    pair = _timed_pair()
+    pair.now += 30.0
+    pair.req.send_message(1, CEchoRQ(message_id=1), None, pair.now)
+    pair.to_acceptor()
+    # The acceptor owes the C-ECHO-RSP: its own service user is at work, no timer runs.
+    assert pair.acc.owes_response and pair.acc.next_deadline() is None
+    # The requestor awaits the response: the DIMSE timeout runs.
+    assert pair.req.next_deadline() == pair.now + DIMSE_S
+    pair.now += 1.0
+    pair.acc.send_message(1, CEchoRSP(message_id_being_responded_to=1, status=0), None, pair.now)
+    assert not pair.acc.owes_response
+    assert pair.acc.next_deadline() == pair.now + NETWORK_S
+    pair.to_requestor()
+    assert pair.req.next_deadline() == pair.now + NETWORK_S
+
+
+def test_dimse_timeout_when_the_response_never_comes() -> None:
+    pair = _timed_pair()
+    pair.req.send_message(1, CEchoRQ(message_id=1), None, pair.now)
+    pair.req.handle_timer(pair.now + DIMSE_S)
+    (event,) = pair.req.events()
+    assert event.detail == "DIMSE timeout" and event.local
+    assert pair.req.wants_close
+
+
+def test_dimse_timeout_on_a_message_stalled_halfway() -> None:
+    pair = _timed_pair()
+    rq = CStoreRQ(message_id=5, affected_sop_class_uid=CT_IMAGE_STORAGE,
+                  affected_sop_instance_uid="1.2.3")
+    buffers = fragment_message(1, encode_command(rq), None, pair.acceptor_max)
+    buffers += [pdata_header(1, False, False, 2), b"\x08\x00"]  # a first data fragment
+    pair.req.send_buffers(buffers, pair.now)
+    pair.to_acceptor()
+    assert pair.acc.next_deadline() == pair.now + DIMSE_S
+    pair.acc.handle_timer(pair.now + DIMSE_S)
+    events = _events_of(pair.acc.events(), Aborted)
+    assert [e.detail for e in events] == ["DIMSE timeout"]
+
+
+def test_pending_responses_keep_the_request_awaited() -> None:
+    """PS3.7 9.1.2: a Pending status is not the final response."""
+    pair = _timed_pair()
+    rq = CStoreRQ(message_id=9, affected_sop_class_uid=CT_IMAGE_STORAGE,
+                  affected_sop_instance_uid="1.2.3")
+    pair.req.send_message(3, rq, b"\x08\x00\x16\x00\x00\x00\x00\x00", pair.now)
+    pair.to_acceptor()
+    pending = CStoreRSP(message_id_being_responded_to=9, status=0xFF00)
+    pair.acc.send_message(3, pending, None, pair.now)
+    assert pair.acc.owes_response
+    pair.to_requestor()
+    assert pair.req.next_deadline() == pair.now + DIMSE_S  # still awaited
+    final = CStoreRSP(message_id_being_responded_to=9, status=0)
+    pair.acc.send_message(3, final, None, pair.now)
+    assert not pair.acc.owes_response
+    pair.to_requestor()
+    assert pair.req.next_deadline() == pair.now + NETWORK_S
+
+
+def test_no_timeouts_configured_means_no_idle_timer() -> None:
+    pair = Pair()
+    pair.associate()
+    assert pair.acc.next_deadline() is None and pair.req.next_deadline() is None
+
+
+def test_acse_timeout_waiting_for_the_release_response() -> None:
+    pair = _timed_pair()
+    pair.req.release(pair.now)
+    assert pair.req.next_deadline() == pair.now + ARTIM
+    pair.req.handle_timer(pair.now + ARTIM)
+    (event,) = pair.req.events()
+    assert event.detail == "ACSE timeout" and pair.req.wants_close
+
+
+def test_acse_timeout_waiting_for_the_association_response() -> None:
+    conn = Connection(is_requestor=True, artim_timeout=ARTIM, network_timeout=NETWORK_S)
+    rq = build_request(called_ae_title=b"A", calling_ae_title=b"B",
+                       contexts=assign_context_ids([build_context(VERIFICATION)]),
+                       maximum_pdu_size=16382, implementation_class_uid="1.2.3",
+                       implementation_version_name=None)
+    conn.request_association(rq, 10.0)
+    conn.connection_made(11.0)
+    assert conn.state is State.Sta5 and conn.next_deadline() == 11.0 + ARTIM
+    conn.handle_timer(11.0 + ARTIM)
+    (event,) = conn.events()
+    assert event.detail == "ACSE timeout" and conn.wants_close
+
+
+def test_release_response_after_the_association_is_gone_is_a_no_op() -> None:
+    pair = _timed_pair()
+    pair.req.release(pair.now)
+    pair.to_acceptor()
+    pair.acc.abort(pair.now)
+    pair.acc.release_response(pair.now)  # Sta13: nothing to answer
+    assert pair.acc.state is State.Sta13

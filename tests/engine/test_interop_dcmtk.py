@@ -44,8 +44,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from engine import AE, StoragePresentationContexts, aio, build_context, evt
 from engine._acse import AcceptorPolicy
+from engine._dimse import C_STORE_RQ
 from engine._loop import LoopThread
 from engine.dataset import encode_dataset
+from engine.services import Request, ServiceRegistry
 from engine.sop_class import (
     COMPRESSED_TRANSFER_SYNTAXES,
     DEFAULT_TRANSFER_SYNTAXES,
@@ -429,7 +431,9 @@ def test_maximum_associations_rejects_second(our_scp, peer_log_dir):
 
 
 class HashingSink:
-    """A store sink that hashes fragments as they come and keeps none of them."""
+    """A C-STORE operation that hashes fragments as they come and keeps none of them."""
+
+    holds_reading = True
 
     def __init__(self, log: list) -> None:
         self.digest = hashlib.sha256()
@@ -460,9 +464,10 @@ def test_large_file_streams_through_hashing_sink(tmp_path, peer_log_dir):
     requests: list = []
     max_pdu = 16382
 
-    def factory(assoc: aio.Association, request: aio.StoreRequest) -> HashingSink:
-        requests.append(request)
-        return HashingSink(log)
+    class Hashing:
+        def start(self, request: Request) -> HashingSink:
+            requests.append(request.command)
+            return HashingSink(log)
 
     policy = AcceptorPolicy(
         ae_title=b"OURSCP".ljust(16),
@@ -470,7 +475,8 @@ def test_large_file_streams_through_hashing_sink(tmp_path, peer_log_dir):
         maximum_pdu_size=max_pdu,
         implementation_class_uid=str(AE().implementation_class_uid),
     )
-    config = aio.ServerConfig(policy=policy, store_sink_factory=factory)
+    config = aio.ServerConfig(policy=policy,
+                              services=ServiceRegistry().add(Hashing(), [C_STORE_RQ]))
     runner = LoopThread(name="test-large-file")
     server = None
     try:
@@ -490,7 +496,7 @@ def test_large_file_streams_through_hashing_sink(tmp_path, peer_log_dir):
         if server is not None:
             runner.run(server.close(grace=2.0))
         runner.stop()
-    assert [str(r.AffectedSOPInstanceUID) for r in requests] == [sop_uid]
+    assert [r.affected_sop_instance_uid for r in requests] == [sop_uid]
     assert [kind for kind, _ in log] == ["finish"]
     sink = log[0][1]
     assert sink.digest.hexdigest() == dataset_sha256(path)

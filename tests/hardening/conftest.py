@@ -48,6 +48,9 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from engine import aio, build_context
+from engine._handlers import EchoHandler
+from engine.dimse import C_ECHO_RQ, C_STORE_RQ
+from engine.services import Request, ServiceRegistry
 from engine._acse import AcceptorPolicy
 from engine._pdu import AAssociateAC, decode_pdu
 from engine.presentation import StoragePresentationContexts
@@ -525,7 +528,9 @@ class EngineTarget(Target):
             network_timeout=self.network_timeout,
             maximum_associations=self.max_associations,
             ssl_context=self.ssl_context,
-            store_sink_factory=self._open_sink,
+            services=ServiceRegistry()
+            .add(EchoHandler(), [C_ECHO_RQ])
+            .add(_SinkProvider(self._open_sink), [C_STORE_RQ]),
             **options,
         )
         self._publisher = Publisher(self.storage, loop)
@@ -537,7 +542,7 @@ class EngineTarget(Target):
         await self.server.close(grace=2.0)
         await self._publisher.aclose()
 
-    def _open_sink(self, assoc: aio.Association, request: aio.StoreRequest) -> Any:
+    def _open_sink(self, assoc: aio.Association, request: Request) -> Any:
         cmd = request.command
         calling = assoc.requestor.ae_title.decode("latin-1").strip()
         writer = InstanceWriter(
@@ -631,10 +636,23 @@ class _ErrorLog(logging.Handler):
             logger.setLevel(self._levels.get(name, logging.NOTSET))
 
 
+class _SinkProvider:
+    """A C-STORE service provider that is one callable (assoc, request) -> operation."""
+
+    __slots__ = ("open",)
+
+    def __init__(self, open_sink: Callable[[aio.Association, Request], Any]) -> None:
+        self.open = open_sink
+
+    def start(self, request: Request) -> Any:
+        return self.open(request.association, request)
+
+
 class _WriterSink:
-    """engine.aio.StoreSink over an InstanceWriter, as workers/worker.py's _StoreSink."""
+    """A C-STORE operation over an InstanceWriter, as workers/worker.py's _StoreSink."""
 
     __slots__ = ("writer", "publisher", "refused")
+    holds_reading = True
 
     def __init__(self, writer: InstanceWriter, publisher: Publisher) -> None:
         self.writer = writer
