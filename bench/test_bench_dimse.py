@@ -1,4 +1,4 @@
-"""Benchmarks of the DIMSE hot path: C-STORE-RQ command sets and data set fragmentation.
+"""Benchmarks of the DIMSE hot path: C-STORE command sets and data set fragmentation.
 
 Run with ``pytest bench/test_bench_dimse.py --benchmark-enable``; with the default
 ``--benchmark-disable`` each body runs once as a smoke test.
@@ -6,7 +6,7 @@ Run with ``pytest bench/test_bench_dimse.py --benchmark-enable``; with the defau
 
 from __future__ import annotations
 
-from engine._dimse import CStoreRQ, decode_command, encode_command, fragment_message
+from engine._dimse import CStoreRQ, CStoreRSP, decode_command, encode_command, fragment_message
 
 STORE_RQ = CStoreRQ(
     message_id=1234,
@@ -15,6 +15,14 @@ STORE_RQ = CStoreRQ(
     priority=0,
 )
 STORE_RQ_BYTES = encode_command(STORE_RQ)
+# The response a node sends for every instance it stores (PS3.7 Table 9.3-2).
+STORE_RSP = CStoreRSP(
+    message_id_being_responded_to=1234,
+    status=0x0000,
+    affected_sop_class_uid=STORE_RQ.affected_sop_class_uid,
+    affected_sop_instance_uid=STORE_RQ.affected_sop_instance_uid,
+)
+STORE_RSP_BYTES = encode_command(STORE_RSP)
 # A 512 KiB data set cut at pynetdicom's and DCMTK's default Maximum Length.
 DATASET = bytes(512 * 1024)
 MAX_PDU = 16382
@@ -26,6 +34,14 @@ def test_bench_encode_store_rq(benchmark) -> None:  # type: ignore[no-untyped-de
 
 def test_bench_decode_store_rq(benchmark) -> None:  # type: ignore[no-untyped-def]
     assert benchmark(decode_command, STORE_RQ_BYTES) == STORE_RQ
+
+
+def test_bench_encode_store_rsp(benchmark) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark(encode_command, STORE_RSP) == STORE_RSP_BYTES
+
+
+def test_bench_decode_store_rsp(benchmark) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark(decode_command, STORE_RSP_BYTES) == STORE_RSP
 
 
 def test_bench_fragment_512k(benchmark) -> None:  # type: ignore[no-untyped-def]

@@ -3,12 +3,19 @@
 Theory of operation: this module owns the DIMSE layer between the P-DATA service
 of the Upper Layer (PDVs in, P-DATA-TF buffers out) and the service classes.
 
-* **Command sets** (PS3.7 6.3, Annex E). :func:`encode_command` turns one of the
-  frozen message structs into a group 0000 Implicit VR Little Endian command set
-  with a correct Command Group Length first; :func:`decode_command` does the
-  reverse and validates everything it reads from the peer. Command fields this
-  engine does not serve become :class:`UnknownCommand`, so the service user can
-  answer "unrecognized operation" (0211H) instead of aborting.
+* **Command sets** (PS3.7 6.3, 9.3, 10.3, Annex E). Each command this engine knows
+  is one row table in :data:`COMMAND_TABLES`, written like the standard's message
+  tables: element number in group 0000, Message Field name, VR, required or
+  optional. Each table has a frozen message struct whose fields are the snake_case
+  names of its rows. At import, :func:`_compile` turns every table into three
+  straight-line functions -- the struct's validator, its encoder and its decoder
+  -- built from one validator and one decoder per VR; a new command is a new table
+  and a new struct, nothing else. :func:`encode_command` writes a group 0000
+  Implicit VR Little Endian command set with a correct Command Group Length first;
+  :func:`decode_command` does the reverse and validates everything it reads from
+  the peer. Command fields without a table become :class:`UnknownCommand`, which
+  :func:`response_for` answers with an :class:`UnknownResponse` so the service
+  user can send "unrecognized operation" (0211H) instead of aborting.
 * **Assembly** (PS3.7 6.3.1, PS3.8 Annex E.2). :class:`MessageAssembler` is fed
   PDVs in arrival order and emits :class:`CommandReceived` once a command set is
   complete and one :class:`DatasetFragment` per data PDV, passing the PDV's
@@ -23,14 +30,16 @@ DIMSE is the service-user of the Upper Layer, so every DIMSE protocol violation
 by the peer raises :class:`RemoteProtocolError` carrying a *service-user* A-ABORT
 (source 0, reason 0; PS3.8 Table 9-26). Misuse by our own caller raises
 :class:`LocalProtocolError`. Nothing here does I/O, keeps time or touches data set
-contents.
+contents. The compiled functions are generated from this module's own constant
+tables only, never from anything a peer sends.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
-from typing import ClassVar, Final, NoReturn, TypeAlias
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn, TypeAlias, TypeVar
 
 import msgspec
 
@@ -75,11 +84,33 @@ __all__ = [
     "VERIFICATION_SOP_CLASS",
     "MAX_COMMAND_LENGTH",
     "NO_LIMIT_PDU_LENGTH",
+    "US",
+    "UI",
+    "AE",
+    "LO",
+    "AT",
+    "REQUIRED",
+    "OPTIONAL",
+    "Row",
+    "COMMAND_TABLES",
+    "MESSAGE_TYPES",
     "CEchoRQ",
     "CEchoRSP",
     "CStoreRQ",
     "CStoreRSP",
+    "CFindRQ",
+    "CFindRSP",
+    "CGetRQ",
+    "CGetRSP",
+    "CMoveRQ",
+    "CMoveRSP",
+    "CCancelRQ",
+    "NEventReportRQ",
+    "NEventReportRSP",
+    "NActionRQ",
+    "NActionRSP",
     "UnknownCommand",
+    "UnknownResponse",
     "DimseMessage",
     "CommandReceived",
     "DatasetFragment",
@@ -87,6 +118,7 @@ __all__ = [
     "MessageAssembler",
     "encode_command",
     "decode_command",
+    "response_for",
     "fragment_message",
     "iter_dataset_pdus",
     "is_valid_uid",
@@ -143,6 +175,9 @@ COMMAND_NAMES: Final[dict[int, str]] = {
     C_CANCEL_RQ: "C-CANCEL-RQ",
 }
 
+# PS3.7 Annex E: a response's Command Field is its request's with bit 15 set.
+_RESPONSE_BIT: Final = 0x8000
+
 # PS3.7 Annex E Table E.1-1, Command Data Set Type (0000,0800): "0101H if no Data
 # Set is present; any other value shall indicate a Data Set is present". We send
 # 0001H when one follows, the value pynetdicom and DCMTK-era peers send; on
@@ -187,20 +222,13 @@ _MAX_CONTEXT_ID: Final = 255
 _MAX_US: Final = 0xFFFF
 _MAX_UL: Final = 0xFFFFFFFF
 
-# Element numbers (group 0000) of PS3.7 Annex E Table E.1-1 used here.
+# Element numbers (group 0000) of PS3.7 Annex E Table E.1-1 the codec itself handles.
 _GROUP_LENGTH: Final = 0x0000
 _AFFECTED_SOP_CLASS_UID: Final = 0x0002
+_REQUESTED_SOP_CLASS_UID: Final = 0x0003
 _COMMAND_FIELD: Final = 0x0100
 _MESSAGE_ID: Final = 0x0110
-_MESSAGE_ID_BEING_RESPONDED_TO: Final = 0x0120
-_PRIORITY: Final = 0x0700
 _COMMAND_DATA_SET_TYPE: Final = 0x0800
-_STATUS: Final = 0x0900
-_OFFENDING_ELEMENT: Final = 0x0901
-_ERROR_COMMENT: Final = 0x0902
-_AFFECTED_SOP_INSTANCE_UID: Final = 0x1000
-_MOVE_ORIGINATOR_AE_TITLE: Final = 0x1030
-_MOVE_ORIGINATOR_MESSAGE_ID: Final = 0x1031
 
 # Elements an UnknownCommand carries in its own fields instead of ``elements``.
 _UNKNOWN_COMMAND_OWN: Final = frozenset((_GROUP_LENGTH, _COMMAND_FIELD, _MESSAGE_ID))
@@ -215,7 +243,225 @@ _GROUP_LENGTH_ELEMENT_LENGTH: Final = 12  # the header plus a 4-byte UL value
 
 
 # --------------------------------------------------------------------------
-# Field validation (shared by construction, encoding and decoding).
+# The command tables (PS3.7 9.3 DIMSE-C, 10.3 DIMSE-N, Annex E Table E.1-1).
+
+# PS3.5 6.2 Value Representations of the command elements in the tables below.
+# (Command Group Length, the only UL, is written and checked by the codec itself.)
+US: Final = "US"
+UI: Final = "UI"
+AE: Final = "AE"
+LO: Final = "LO"
+AT: Final = "AT"
+
+# PS3.7 9.1 / 10.1 service parameter usage: M is required. U (user option) and
+# C (conditional) are optional here: the codec never enforces a condition that
+# depends on the status or on the data set, the service does.
+REQUIRED: Final = True
+OPTIONAL: Final = False
+
+
+class Row(NamedTuple):
+    """One field of a command's message table (PS3.7 9.3.x, 10.3.x; Annex E).
+
+    ``element`` is the element number in group 0000, ``name`` the Message Field as
+    PS3.7 spells it, ``vr`` its Value Representation, ``required`` whether the
+    command is malformed without it. ``values``, when set, lists the only values
+    the field may take (Priority, PS3.7 Annex E).
+    """
+
+    element: int
+    name: str
+    vr: str
+    required: bool
+    values: frozenset[int] | None = None
+
+    @property
+    def field(self) -> str:
+        """The message struct's field: the name in snake_case."""
+        return self.name.lower().replace(" ", "_").replace("-", "_")
+
+
+# Every table of PS3.7 9.3 and 10.3 also lists Command Group Length (0000,0000) and
+# Command Field (0000,0100); the codec writes and checks those two for every
+# command, so the rows below are the rest, in ascending element order. Response
+# tables add the status fields PS3.7 Annex C allows for the service.
+COMMAND_TABLES: Final[dict[int, tuple[Row, ...]]] = {
+    # PS3.7 9.3.1.1 Table 9.3-1.
+    C_STORE_RQ: (
+        Row(0x0002, "Affected SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0700, "Priority", US, REQUIRED, _PRIORITIES),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x1000, "Affected SOP Instance UID", UI, REQUIRED),
+        Row(0x1030, "Move Originator Application Entity Title", AE, OPTIONAL),
+        Row(0x1031, "Move Originator Message ID", US, OPTIONAL),
+    ),
+    # PS3.7 9.3.1.2 Table 9.3-2; Annex C.4, C.5 status fields.
+    C_STORE_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0901, "Offending Element", AT, OPTIONAL),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+        Row(0x1000, "Affected SOP Instance UID", UI, OPTIONAL),
+    ),
+    # PS3.7 9.3.2.1 Table 9.3-3.
+    C_FIND_RQ: (
+        Row(0x0002, "Affected SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0700, "Priority", US, REQUIRED, _PRIORITIES),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+    ),
+    # PS3.7 9.3.2.2 Table 9.3-4; Annex C.4, C.5 status fields.
+    C_FIND_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0901, "Offending Element", AT, OPTIONAL),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+    ),
+    # PS3.7 9.3.2.3 Table 9.3-5 (also C-CANCEL-GET-RQ 9.3.3.3, C-CANCEL-MOVE-RQ 9.3.4.3).
+    C_CANCEL_RQ: (
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+    ),
+    # PS3.7 9.3.3.1 Table 9.3-6.
+    C_GET_RQ: (
+        Row(0x0002, "Affected SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0700, "Priority", US, REQUIRED, _PRIORITIES),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+    ),
+    # PS3.7 9.3.3.2 Table 9.3-7; Annex C.4, C.5 status fields.
+    C_GET_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0901, "Offending Element", AT, OPTIONAL),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+        Row(0x1020, "Number of Remaining Sub-operations", US, OPTIONAL),
+        Row(0x1021, "Number of Completed Sub-operations", US, OPTIONAL),
+        Row(0x1022, "Number of Failed Sub-operations", US, OPTIONAL),
+        Row(0x1023, "Number of Warning Sub-operations", US, OPTIONAL),
+    ),
+    # PS3.7 9.3.4.1 Table 9.3-9.
+    C_MOVE_RQ: (
+        Row(0x0002, "Affected SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0600, "Move Destination", AE, REQUIRED),
+        Row(0x0700, "Priority", US, REQUIRED, _PRIORITIES),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+    ),
+    # PS3.7 9.3.4.2 Table 9.3-10; Annex C.4, C.5 status fields.
+    C_MOVE_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0901, "Offending Element", AT, OPTIONAL),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+        Row(0x1020, "Number of Remaining Sub-operations", US, OPTIONAL),
+        Row(0x1021, "Number of Completed Sub-operations", US, OPTIONAL),
+        Row(0x1022, "Number of Failed Sub-operations", US, OPTIONAL),
+        Row(0x1023, "Number of Warning Sub-operations", US, OPTIONAL),
+    ),
+    # PS3.7 9.3.5.1 Table 9.3-12.
+    C_ECHO_RQ: (
+        Row(0x0002, "Affected SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+    ),
+    # PS3.7 9.3.5.2 Table 9.3-13; Annex C.5 status fields. Affected SOP Class UID
+    # is U: when a peer leaves it out it can only be Verification (CEchoRSP's
+    # default), and we always send it.
+    C_ECHO_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+    ),
+    # PS3.7 10.3.1.1 Table 10.3-1.
+    N_EVENT_REPORT_RQ: (
+        Row(0x0002, "Affected SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x1000, "Affected SOP Instance UID", UI, REQUIRED),
+        Row(0x1002, "Event Type ID", US, REQUIRED),
+    ),
+    # PS3.7 10.3.1.2 Table 10.3-2; Annex C.5 status fields.
+    N_EVENT_REPORT_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+        Row(0x0903, "Error ID", US, OPTIONAL),
+        Row(0x1000, "Affected SOP Instance UID", UI, OPTIONAL),
+        Row(0x1002, "Event Type ID", US, OPTIONAL),
+    ),
+    # PS3.7 10.3.4.1 Table 10.3-7.
+    N_ACTION_RQ: (
+        Row(0x0003, "Requested SOP Class UID", UI, REQUIRED),
+        Row(0x0110, "Message ID", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x1001, "Requested SOP Instance UID", UI, REQUIRED),
+        Row(0x1008, "Action Type ID", US, REQUIRED),
+    ),
+    # PS3.7 10.3.4.2 Table 10.3-8; Annex C.5 status fields.
+    N_ACTION_RSP: (
+        Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+        Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+        Row(0x0800, "Command Data Set Type", US, REQUIRED),
+        Row(0x0900, "Status", US, REQUIRED),
+        Row(0x0902, "Error Comment", LO, OPTIONAL),
+        Row(0x0903, "Error ID", US, OPTIONAL),
+        Row(0x1000, "Affected SOP Instance UID", UI, OPTIONAL),
+        Row(0x1008, "Action Type ID", US, OPTIONAL),
+    ),
+}
+
+# The answer to a request without a table (PS3.7 Annex C.5, 0211H "Unrecognized
+# operation"): the fields every response has, and an Error Comment.
+_UNKNOWN_RESPONSE_ROWS: Final = (
+    Row(0x0002, "Affected SOP Class UID", UI, OPTIONAL),
+    Row(0x0120, "Message ID Being Responded To", US, REQUIRED),
+    Row(0x0800, "Command Data Set Type", US, REQUIRED),
+    Row(0x0900, "Status", US, REQUIRED),
+    Row(0x0902, "Error Comment", LO, OPTIONAL),
+)
+
+
+def _same(*fields: str) -> tuple[tuple[str, str], ...]:
+    return tuple((field, field) for field in fields)
+
+
+# What a response copies from its request (request field, response field): the
+# response parameters PS3.7 9.1.x / 10.1.x mark "(=)", equal to the request's.
+# N-ACTION names Affected in the response what the request named Requested
+# (PS3.7 10.1.4.1.1-2). C-CANCEL has no response (PS3.7 9.3.2.3).
+_RESPONSE_COPIES: Final[dict[int, tuple[tuple[str, str], ...]]] = {
+    C_STORE_RQ: _same("affected_sop_class_uid", "affected_sop_instance_uid"),
+    C_FIND_RQ: _same("affected_sop_class_uid"),
+    C_GET_RQ: _same("affected_sop_class_uid"),
+    C_MOVE_RQ: _same("affected_sop_class_uid"),
+    C_ECHO_RQ: _same("affected_sop_class_uid"),
+    N_EVENT_REPORT_RQ: _same(
+        "affected_sop_class_uid", "affected_sop_instance_uid", "event_type_id"
+    ),
+    N_ACTION_RQ: (
+        ("requested_sop_class_uid", "affected_sop_class_uid"),
+        ("requested_sop_instance_uid", "affected_sop_instance_uid"),
+        ("action_type_id", "action_type_id"),
+    ),
+}
+
+
+# --------------------------------------------------------------------------
+# One validator per VR (our own values: LocalProtocolError).
 
 
 def _check_us(name: str, value: object) -> None:
@@ -234,6 +480,10 @@ def _check_uid(name: str, value: object) -> None:
     _check_text(name, value, _UI_MAX)
 
 
+def _check_lo(name: str, value: object) -> None:
+    _check_text(name, value, _LO_MAX)
+
+
 def _check_ae(name: str, value: object) -> None:
     # PS3.5 6.2: AE is at most 16 characters of the default repertoire, no
     # control characters and no backslash.
@@ -243,6 +493,41 @@ def _check_ae(name: str, value: object) -> None:
         or not all(0x20 <= c < 0x7F and c != 0x5C for c in value)
     ):
         raise LocalProtocolError(f"{name} must be at most {_AE_MAX} AE characters: {value!r}")
+
+
+def _check_at(name: str, value: object) -> None:
+    # PS3.5 6.2: AT is a 32-bit tag, here ``0xGGGGEEEE``; VM 1-n as a tuple.
+    if not isinstance(value, tuple) or not all(
+        isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag <= _MAX_UL
+        for tag in value
+    ):
+        raise LocalProtocolError(f"{name} must be a tuple of 32-bit tags: {value!r}")
+
+
+def _check_values(name: str, value: object, allowed: frozenset[int]) -> None:
+    if value not in allowed:
+        listed = ", ".join(str(v) for v in sorted(allowed))
+        raise LocalProtocolError(f"{name} must be one of {listed}, got {value!r}")
+
+
+_VR_CHECKS: Final[dict[str, Callable[[str, object], None]]] = {
+    US: _check_us,
+    UI: _check_uid,
+    AE: _check_ae,
+    LO: _check_lo,
+    AT: _check_at,
+}
+
+# For the compiled validators: a condition under which a value certainly passes its
+# VR's check, tested inline so that the common case costs no call. Anything else
+# (an IntEnum, a wrong type, a long string) goes to the check, which decides.
+_VR_PLAIN: Final[dict[str, str]] = {
+    US: f"value.__class__ is int and 0 <= value <= {_MAX_US:#x}",
+    UI: f"value.__class__ is str and len(value) <= {_UI_MAX} and value.isascii()"
+    " and value.isprintable()",
+    LO: f"value.__class__ is str and len(value) <= {_LO_MAX} and value.isascii()"
+    " and value.isprintable()",
+}
 
 
 def _check_context_id(context_id: object) -> None:
@@ -273,22 +558,135 @@ def is_valid_uid(uid: str) -> bool:
 
 
 # --------------------------------------------------------------------------
-# Messages (PS3.7 9.3.1 C-STORE, 9.3.5 C-ECHO).
+# One decoder per VR (the peer's values: RemoteProtocolError).
+#
+# Each takes a value as received and returns None when it holds nothing (no
+# bytes, or only padding): an empty optional element is absent. Values that are
+# decoded but out of range (a 65-character UID, a bad AE character) are caught
+# by the struct's validator and turned into the same abort by decode_command.
 
 
-class CEchoRQ(msgspec.Struct, frozen=True):
-    """C-ECHO-RQ, PS3.7 9.3.5.1 Table 9.3-12."""
+def _fail(reason: str) -> NoReturn:
+    """Raise the DIMSE service-user A-ABORT (PS3.8 9.3.8, Table 9-26: source 0)."""
+    raise RemoteProtocolError(
+        f"malformed DIMSE message: {reason}",
+        abort_source=ABORT_SOURCE_USER,
+        abort_reason=ABORT_REASON_NOT_SPECIFIED,
+    )
 
-    message_id: int
-    affected_sop_class_uid: str = VERIFICATION_SOP_CLASS
-    command_data_set_type: int = DATASET_ABSENT
 
-    command_field: ClassVar[int] = C_ECHO_RQ
+def _name(element: int) -> str:
+    return f"(0000,{element:04X})"
+
+
+def _ascii(element: int, raw: bytes) -> str:
+    if not raw.isascii():
+        _fail(f"{_name(element)} is not ASCII")
+    return raw.decode("ascii")
+
+
+def _decode_us(element: int, raw: bytes) -> int | None:
+    if not raw:
+        return None
+    if len(raw) != 2:
+        _fail(f"{_name(element)} is US but {len(raw)} bytes long")
+    return raw[0] | raw[1] << 8
+
+
+def _decode_ui(element: int, raw: bytes) -> str | None:
+    # PS3.5 6.2: UI padded with NUL; trailing spaces are tolerated (common bug).
+    raw = raw.rstrip(b"\x00 ")
+    return _ascii(element, raw) if raw else None
+
+
+def _decode_lo(element: int, raw: bytes) -> str | None:
+    # PS3.5 6.2: leading and trailing spaces of LO are not significant.
+    raw = raw.rstrip(b"\x00 ").lstrip(b" ")
+    return _ascii(element, raw) if raw else None
+
+
+def _decode_ae(element: int, raw: bytes) -> bytes | None:
+    # PS3.5 6.2: leading and trailing spaces of AE are not significant.
+    return raw.rstrip(b"\x00 ").lstrip(b" ") or None
+
+
+def _decode_at(element: int, raw: bytes) -> tuple[int, ...] | None:
+    if not raw:
+        return None
+    if len(raw) % 4:
+        _fail(f"{_name(element)} is AT but {len(raw)} bytes long")
+    return tuple(group << 16 | elem for group, elem in _AT_VALUE.iter_unpack(raw))
+
+
+_VR_DECODERS: Final[dict[str, Callable[[int, bytes], object]]] = {
+    US: _decode_us,
+    UI: _decode_ui,
+    AE: _decode_ae,
+    LO: _decode_lo,
+    AT: _decode_at,
+}
+
+# What a required element sent empty decodes to: the empty string of a text VR,
+# so that the service can answer with a status (an empty Affected SOP Instance
+# UID is 0117H, an empty Move Destination A801H), never "nothing" for a number.
+_VR_EMPTY: Final[dict[str, object]] = {UI: "", LO: "", AE: b""}
+
+
+def _missing(element: int) -> NoReturn:
+    _fail(f"required element {_name(element)} missing")
+
+
+def _empty(element: int) -> NoReturn:
+    _fail(f"required element {_name(element)} is empty")
+
+
+def _bad_us(element: int, raw: bytes | None) -> NoReturn:
+    if raw is None:
+        _missing(element)
+    _fail(f"{_name(element)} is US but {len(raw)} bytes long")
+
+
+# PS3.5 6.2: the byte that pads a value of each text VR to even length.
+_VR_PAD: Final[dict[str, bytes]] = {UI: b"\x00", LO: b" ", AE: b" "}
+
+
+def _encode_at(tags: tuple[int, ...]) -> bytes:
+    return b"".join([_AT_VALUE.pack(tag >> 16, tag & 0xFFFF) for tag in tags])
+
+
+# --------------------------------------------------------------------------
+# Compiling the tables.
+#
+# A generic loop over the rows would look each field up, dispatch on its VR and
+# requirement, and build argument lists at run time for every message; on the
+# C-STORE path that costs more than the hand-written code this replaced. So each
+# table is turned once, at import, into Python source with one statement per row
+# (the technique of dataclasses and namedtuple) and compiled: the validator
+# tests each field inline against the plain case of its VR and calls the VR's
+# checker otherwise, the decoder looks each element up once and calls the VR's
+# decoder (US inline), and the encoder packs each run of consecutive fixed-size
+# elements (US, and Command Field) with one precomputed struct.Struct. Only the
+# tables above, never received data, shape the source.
+
+_M = TypeVar("_M", bound="_Message")
+
+MESSAGE_TYPES: Final[dict[int, type[_Message]]] = {}
+_ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {}
+_DECODERS: Final[dict[int, Callable[[dict[int, bytes]], Any]]] = {}
+
+
+class _Message(msgspec.Struct, frozen=True):
+    """What the table-driven message structs share (PS3.7 Annex E)."""
+
+    rows: ClassVar[tuple[Row, ...]]
+    # Set by _compile: checks every field of ``self`` against its row's VR.
+    _validate: ClassVar[Callable[[Any], None]]
+
+    if TYPE_CHECKING:
+        command_data_set_type: int
 
     def __post_init__(self) -> None:
-        _check_us("Message ID", self.message_id)
-        _check_uid("Affected SOP Class UID", self.affected_sop_class_uid)
-        _check_us("Command Data Set Type", self.command_data_set_type)
+        self._validate()
 
     @property
     def has_dataset(self) -> bool:
@@ -296,8 +694,225 @@ class CEchoRQ(msgspec.Struct, frozen=True):
         return self.command_data_set_type != DATASET_ABSENT
 
 
-class CEchoRSP(msgspec.Struct, frozen=True):
+class _Field(NamedTuple):
+    """A struct field and its row, in struct order."""
+
+    row: Row
+    nullable: bool  # None is a valid value (the field is omitted when encoding)
+    default: object
+
+
+def _fields_of(cls: type[_Message]) -> list[_Field]:
+    """Match the struct's fields with its rows; refuse any mismatch (a bug here)."""
+    by_field = {row.field: row for row in cls.rows}
+    elements = [row.element for row in cls.rows]
+    if elements != sorted(set(elements)) or not set(elements).isdisjoint(
+        (_GROUP_LENGTH, _COMMAND_FIELD)
+    ):
+        raise TypeError(f"{cls.__name__}: rows must ascend, without (0000,0000) or (0000,0100)")
+    if any(row.values is not None and row.vr != US for row in cls.rows):
+        raise TypeError(f"{cls.__name__}: only US rows can list their values")
+    fields = []
+    for info in msgspec.structs.fields(cls):
+        if info.name == "command_field":
+            continue
+        row = by_field.pop(info.name, None)
+        if row is None:
+            raise TypeError(f"{cls.__name__}.{info.name} has no row")
+        nullable = type(None) in typing.get_args(info.type)
+        if row.required and nullable:
+            raise TypeError(f"{cls.__name__}.{info.name} is required: it cannot be None")
+        if not row.required and info.required:
+            raise TypeError(f"{cls.__name__}.{info.name} is optional: it needs a default")
+        fields.append(_Field(row, nullable, info.default))
+    if by_field:
+        raise TypeError(f"{cls.__name__} lacks fields for rows {sorted(by_field)}")
+    if fields[-1].row.element != _COMMAND_DATA_SET_TYPE:
+        raise TypeError(f"{cls.__name__}: command_data_set_type must be the last field")
+    return fields
+
+
+def _validator_source(fields: list[_Field], ns: dict[str, object]) -> list[str]:
+    """Source of ``_validate(self)``: each field checked by its VR, in struct order."""
+    lines = ["def _validate(self):"]
+    for i, (row, nullable, _) in enumerate(fields):
+        ns[f"_check{i}"] = _VR_CHECKS[row.vr]
+        indent = "    "
+        lines.append(f"    value = self.{row.field}")
+        if nullable:
+            lines.append("    if value is not None:")
+            indent = "        "
+        plain = _VR_PLAIN.get(row.vr)
+        if row.values is not None:
+            ns[f"_values{i}"] = row.values
+            plain = f"{plain} and value in _values{i}"
+        if plain is not None:
+            lines.append(f"{indent}if not ({plain}):")
+            indent += "    "
+        lines.append(f"{indent}_check{i}({row.name!r}, value)")
+        if row.values is not None:
+            lines.append(f"{indent}_check_values({row.name!r}, value, _values{i})")
+    return lines
+
+
+def _decoder_source(fields: list[_Field], ns: dict[str, object]) -> list[str]:
+    """Source of ``_decode(elements) -> message``: each row's element decoded by its VR."""
+    lines = ["def _decode(elements):", "    get = elements.get"]
+    for i, (row, _, default) in enumerate(fields):
+        element, vr = row.element, row.vr
+        lines.append(f"    raw = get({element:#06x})")
+        if row.required and vr == US:
+            # The hot case, inline: every command has three or four of these.
+            lines.append("    if raw is None or len(raw) != 2:")
+            lines.append(f"        _bad_us({element:#06x}, raw)")
+            lines.append(f"    a{i} = raw[0] | raw[1] << 8")
+            continue
+        ns[f"_decode{i}"] = _VR_DECODERS[vr]
+        if row.required:
+            lines.append("    if raw is None:")
+            lines.append(f"        _missing({element:#06x})")
+            lines.append(f"    a{i} = _decode{i}({element:#06x}, raw)")
+            lines.append(f"    if a{i} is None:")
+            if vr in _VR_EMPTY:
+                ns[f"_empty{i}"] = _VR_EMPTY[vr]
+                lines.append(f"        a{i} = _empty{i}")
+            else:
+                lines.append(f"        _empty({element:#06x})")
+        else:
+            lines.append(f"    a{i} = None if raw is None else _decode{i}({element:#06x}, raw)")
+            if default is not None:
+                ns[f"_default{i}"] = default
+                lines.append(f"    if a{i} is None:")
+                lines.append(f"        a{i} = _default{i}")
+    arguments = ", ".join(f"a{i}" for i in range(len(fields)))
+    lines.append(f"    return _cls({arguments})")
+    return lines
+
+
+def _encoder_source(
+    fields: list[_Field], command_field: int | None, ns: dict[str, object]
+) -> list[str]:
+    """Source of ``_encode(msg) -> bytes``; ``command_field`` None: read it from ``msg``."""
+    # (element, row or None for Command Field, always present) in ascending order.
+    entries = sorted(
+        [(f.row.element, f.row, not f.nullable) for f in fields]
+        + [(_COMMAND_FIELD, None, True)]
+    )
+    lines = ["def _encode(msg):", "    parts = [b'']", "    size = 0"]
+    run: list[tuple[int, Row | None]] = []
+    runs = 0
+
+    def flush() -> None:
+        nonlocal runs
+        if not run:
+            return
+        formats, arguments = [], []
+        for element, row in run:
+            if row is None and command_field is not None:
+                name = f"_command{element:04x}"
+                ns[name] = _US_ELEMENT.pack(0, element, 2, command_field)
+                formats.append("10s")
+                arguments.append(name)
+            else:
+                name = f"_header{element:04x}"
+                ns[name] = _ELEMENT_HEADER.pack(0, element, 2)
+                formats.append("8sH")
+                arguments.append(name)
+                arguments.append(f"msg.{'command_field' if row is None else row.field}")
+        name = f"_run{runs}"
+        runs += 1
+        ns[name] = struct.Struct("<" + "".join(formats)).pack
+        lines.append(f"    parts.append({name}({', '.join(arguments)}))")
+        lines.append(f"    size += {10 * len(run)}")
+        run.clear()
+
+    for element, row, always in entries:
+        if row is None or (always and row.vr == US):
+            run.append((element, row))
+            continue
+        flush()
+        indent = "    "
+        lines.append(f"    value = msg.{row.field}")
+        if not always:
+            lines.append("    if value is not None:")
+            indent = "        "
+        if row.vr == US:
+            lines.append(f"{indent}parts.append(_US_ELEMENT.pack(0, {element:#06x}, 2, value))")
+            lines.append(f"{indent}size += 10")
+            continue
+        if row.vr == AT:
+            lines.append(f"{indent}raw = _encode_at(value)")
+        else:
+            # UI and LO are validated printable ASCII, so UTF-8 (the fastest) is ASCII.
+            lines.append(f"{indent}raw = {'value' if row.vr == AE else 'value.encode()'}")
+            lines.append(f"{indent}if len(raw) & 1:")
+            lines.append(f"{indent}    raw += {_VR_PAD[row.vr]!r}")
+        lines.append(f"{indent}parts.append(_ELEMENT_HEADER.pack(0, {element:#06x}, len(raw)))")
+        lines.append(f"{indent}parts.append(raw)")
+        lines.append(f"{indent}size += 8 + len(raw)")
+    flush()
+    lines.append("    parts[0] = _UL_ELEMENT.pack(0, 0, 4, size)")
+    lines.append("    return b''.join(parts)")
+    return lines
+
+
+def _compile(cls: type[_M]) -> type[_M]:
+    """Build ``cls``'s validator, encoder and decoder from its rows (PS3.7 Annex E).
+
+    The rows are ``COMMAND_TABLES[cls.command_field]`` unless the class sets its
+    own ``rows`` (then its Command Field is a field, and it is never decoded).
+    """
+    command_field: int | None = None
+    if "rows" not in cls.__dict__:
+        command_field = cls.command_field  # type: ignore[attr-defined]
+        cls.rows = COMMAND_TABLES[command_field]
+    fields = _fields_of(cls)
+    ns: dict[str, object] = {
+        "_cls": cls,
+        "_check_values": _check_values,
+        "_missing": _missing,
+        "_empty": _empty,
+        "_bad_us": _bad_us,
+        "_encode_at": _encode_at,
+        "_US_ELEMENT": _US_ELEMENT,
+        "_UL_ELEMENT": _UL_ELEMENT,
+        "_ELEMENT_HEADER": _ELEMENT_HEADER,
+    }
+    lines = _validator_source(fields, ns)
+    lines += _encoder_source(fields, command_field, ns)
+    if command_field is not None:
+        lines += _decoder_source(fields, ns)
+    name = cls.__name__ if command_field is None else COMMAND_NAMES[command_field]
+    exec(compile("\n".join(lines) + "\n", f"<dimse {name}>", "exec"), ns)  # noqa: S102
+    cls._validate = ns["_validate"]  # type: ignore[assignment]
+    _ENCODERS[cls] = ns["_encode"]  # type: ignore[assignment]
+    if command_field is not None:
+        MESSAGE_TYPES[command_field] = cls
+        _DECODERS[command_field] = ns["_decode"]  # type: ignore[assignment]
+    return cls
+
+
+# --------------------------------------------------------------------------
+# Messages (PS3.7 9.3 DIMSE-C, 10.3 DIMSE-N). Fields are the rows of the
+# command's table in COMMAND_TABLES, in snake_case, checked when built.
+
+
+@_compile
+class CEchoRQ(_Message, frozen=True):
+    """C-ECHO-RQ, PS3.7 9.3.5.1 Table 9.3-12."""
+
+    command_field: ClassVar[int] = C_ECHO_RQ
+
+    message_id: int
+    affected_sop_class_uid: str = VERIFICATION_SOP_CLASS
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class CEchoRSP(_Message, frozen=True):
     """C-ECHO-RSP, PS3.7 9.3.5.2 Table 9.3-13."""
+
+    command_field: ClassVar[int] = C_ECHO_RSP
 
     message_id_being_responded_to: int
     status: int
@@ -305,24 +920,12 @@ class CEchoRSP(msgspec.Struct, frozen=True):
     error_comment: str | None = None
     command_data_set_type: int = DATASET_ABSENT
 
-    command_field: ClassVar[int] = C_ECHO_RSP
 
-    def __post_init__(self) -> None:
-        _check_us("Message ID Being Responded To", self.message_id_being_responded_to)
-        _check_us("Status", self.status)
-        _check_uid("Affected SOP Class UID", self.affected_sop_class_uid)
-        if self.error_comment is not None:
-            _check_text("Error Comment", self.error_comment, _LO_MAX)
-        _check_us("Command Data Set Type", self.command_data_set_type)
-
-    @property
-    def has_dataset(self) -> bool:
-        """Whether a data set follows (PS3.7 Annex E, (0000,0800) != 0101H)."""
-        return self.command_data_set_type != DATASET_ABSENT
-
-
-class CStoreRQ(msgspec.Struct, frozen=True):
+@_compile
+class CStoreRQ(_Message, frozen=True):
     """C-STORE-RQ, PS3.7 9.3.1.1 Table 9.3-1."""
+
+    command_field: ClassVar[int] = C_STORE_RQ
 
     message_id: int
     affected_sop_class_uid: str
@@ -332,35 +935,15 @@ class CStoreRQ(msgspec.Struct, frozen=True):
     move_originator_message_id: int | None = None
     command_data_set_type: int = DATASET_PRESENT
 
-    command_field: ClassVar[int] = C_STORE_RQ
 
-    def __post_init__(self) -> None:
-        _check_us("Message ID", self.message_id)
-        _check_uid("Affected SOP Class UID", self.affected_sop_class_uid)
-        _check_uid("Affected SOP Instance UID", self.affected_sop_instance_uid)
-        _check_us("Priority", self.priority)
-        if self.priority not in _PRIORITIES:
-            raise LocalProtocolError(f"Priority must be 0, 1 or 2, got {self.priority!r}")
-        if self.move_originator_application_entity_title is not None:
-            _check_ae(
-                "Move Originator Application Entity Title",
-                self.move_originator_application_entity_title,
-            )
-        if self.move_originator_message_id is not None:
-            _check_us("Move Originator Message ID", self.move_originator_message_id)
-        _check_us("Command Data Set Type", self.command_data_set_type)
-
-    @property
-    def has_dataset(self) -> bool:
-        """Whether a data set follows (PS3.7 Annex E, (0000,0800) != 0101H)."""
-        return self.command_data_set_type != DATASET_ABSENT
-
-
-class CStoreRSP(msgspec.Struct, frozen=True):
+@_compile
+class CStoreRSP(_Message, frozen=True):
     """C-STORE-RSP, PS3.7 9.3.1.2 Table 9.3-2.
 
     ``offending_element`` holds tags as ``0xGGGGEEEE`` ints (AT, VM 1-n).
     """
+
+    command_field: ClassVar[int] = C_STORE_RSP
 
     message_id_being_responded_to: int
     status: int
@@ -370,42 +953,180 @@ class CStoreRSP(msgspec.Struct, frozen=True):
     offending_element: tuple[int, ...] | None = None
     command_data_set_type: int = DATASET_ABSENT
 
-    command_field: ClassVar[int] = C_STORE_RSP
 
-    def __post_init__(self) -> None:
-        _check_us("Message ID Being Responded To", self.message_id_being_responded_to)
-        _check_us("Status", self.status)
-        if self.affected_sop_class_uid is not None:
-            _check_uid("Affected SOP Class UID", self.affected_sop_class_uid)
-        if self.affected_sop_instance_uid is not None:
-            _check_uid("Affected SOP Instance UID", self.affected_sop_instance_uid)
-        if self.error_comment is not None:
-            _check_text("Error Comment", self.error_comment, _LO_MAX)
-        if self.offending_element is not None:
-            if not isinstance(self.offending_element, tuple) or not all(
-                isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag <= _MAX_UL
-                for tag in self.offending_element
-            ):
-                raise LocalProtocolError(
-                    f"Offending Element must be a tuple of 32-bit tags: {self.offending_element!r}"
-                )
-        _check_us("Command Data Set Type", self.command_data_set_type)
+@_compile
+class CFindRQ(_Message, frozen=True):
+    """C-FIND-RQ, PS3.7 9.3.2.1 Table 9.3-3; the Identifier follows."""
 
-    @property
-    def has_dataset(self) -> bool:
-        """Whether a data set follows (PS3.7 Annex E, (0000,0800) != 0101H)."""
-        return self.command_data_set_type != DATASET_ABSENT
+    command_field: ClassVar[int] = C_FIND_RQ
+
+    message_id: int
+    affected_sop_class_uid: str
+    priority: int = PRIORITY_MEDIUM
+    command_data_set_type: int = DATASET_PRESENT
+
+
+@_compile
+class CFindRSP(_Message, frozen=True):
+    """C-FIND-RSP, PS3.7 9.3.2.2 Table 9.3-4.
+
+    Only a pending response (FF00H, FF01H) carries an Identifier: set
+    ``command_data_set_type`` to :data:`DATASET_PRESENT` for those.
+    """
+
+    command_field: ClassVar[int] = C_FIND_RSP
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class CGetRQ(_Message, frozen=True):
+    """C-GET-RQ, PS3.7 9.3.3.1 Table 9.3-6; the Identifier follows."""
+
+    command_field: ClassVar[int] = C_GET_RQ
+
+    message_id: int
+    affected_sop_class_uid: str
+    priority: int = PRIORITY_MEDIUM
+    command_data_set_type: int = DATASET_PRESENT
+
+
+@_compile
+class CGetRSP(_Message, frozen=True):
+    """C-GET-RSP, PS3.7 9.3.3.2 Table 9.3-7.
+
+    The sub-operation counts are conditional (PS3.7 9.1.3.1.x): present in pending
+    responses, optional in the final one. A data set (the Failed SOP Instance UID
+    List) follows only when some sub-operations failed.
+    """
+
+    command_field: ClassVar[int] = C_GET_RSP
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    number_of_remaining_sub_operations: int | None = None
+    number_of_completed_sub_operations: int | None = None
+    number_of_failed_sub_operations: int | None = None
+    number_of_warning_sub_operations: int | None = None
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class CMoveRQ(_Message, frozen=True):
+    """C-MOVE-RQ, PS3.7 9.3.4.1 Table 9.3-9; the Identifier follows."""
+
+    command_field: ClassVar[int] = C_MOVE_RQ
+
+    message_id: int
+    affected_sop_class_uid: str
+    move_destination: bytes
+    priority: int = PRIORITY_MEDIUM
+    command_data_set_type: int = DATASET_PRESENT
+
+
+@_compile
+class CMoveRSP(_Message, frozen=True):
+    """C-MOVE-RSP, PS3.7 9.3.4.2 Table 9.3-10 (fields as :class:`CGetRSP`)."""
+
+    command_field: ClassVar[int] = C_MOVE_RSP
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    number_of_remaining_sub_operations: int | None = None
+    number_of_completed_sub_operations: int | None = None
+    number_of_failed_sub_operations: int | None = None
+    number_of_warning_sub_operations: int | None = None
+    error_comment: str | None = None
+    offending_element: tuple[int, ...] | None = None
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class CCancelRQ(_Message, frozen=True):
+    """C-CANCEL-RQ (FIND, GET or MOVE), PS3.7 9.3.2.3 Table 9.3-5; it has no response."""
+
+    command_field: ClassVar[int] = C_CANCEL_RQ
+
+    message_id_being_responded_to: int
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class NEventReportRQ(_Message, frozen=True):
+    """N-EVENT-REPORT-RQ, PS3.7 10.3.1.1 Table 10.3-1; Event Information may follow."""
+
+    command_field: ClassVar[int] = N_EVENT_REPORT_RQ
+
+    message_id: int
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+    event_type_id: int
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class NEventReportRSP(_Message, frozen=True):
+    """N-EVENT-REPORT-RSP, PS3.7 10.3.1.2 Table 10.3-2; an Event Reply may follow."""
+
+    command_field: ClassVar[int] = N_EVENT_REPORT_RSP
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    affected_sop_instance_uid: str | None = None
+    event_type_id: int | None = None
+    error_comment: str | None = None
+    error_id: int | None = None
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class NActionRQ(_Message, frozen=True):
+    """N-ACTION-RQ, PS3.7 10.3.4.1 Table 10.3-7; Action Information may follow."""
+
+    command_field: ClassVar[int] = N_ACTION_RQ
+
+    message_id: int
+    requested_sop_class_uid: str
+    requested_sop_instance_uid: str
+    action_type_id: int
+    command_data_set_type: int = DATASET_ABSENT
+
+
+@_compile
+class NActionRSP(_Message, frozen=True):
+    """N-ACTION-RSP, PS3.7 10.3.4.2 Table 10.3-8; an Action Reply may follow."""
+
+    command_field: ClassVar[int] = N_ACTION_RSP
+
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    affected_sop_instance_uid: str | None = None
+    action_type_id: int | None = None
+    error_comment: str | None = None
+    error_id: int | None = None
+    command_data_set_type: int = DATASET_ABSENT
 
 
 class UnknownCommand(msgspec.Struct, frozen=True):
-    """A well-formed command set whose Command Field this engine does not serve.
+    """A well-formed command set whose Command Field has no table here.
 
     PS3.7 Annex E: ``elements`` maps each group 0000 tag (equal to its element
     number) to its raw, even-length value, except Command Group Length, Command
     Field and Message ID, which are carried by the struct itself. Command Data Set
     Type (0000,0800) is mandatory in every command (PS3.7 Annex E), so it is
     always present and tells whether a data set follows. The service user answers
-    a request with status 0211H (unrecognized operation).
+    a request with ``response_for(command, UNRECOGNIZED_OPERATION)``.
     """
 
     command_field: int
@@ -448,7 +1169,7 @@ class UnknownCommand(msgspec.Struct, frozen=True):
     @property
     def is_request(self) -> bool:
         """PS3.7 Annex E: response Command Field values have bit 15 set."""
-        return not self.command_field & 0x8000
+        return not self.command_field & _RESPONSE_BIT
 
     @property
     def name(self) -> str:
@@ -456,95 +1177,130 @@ class UnknownCommand(msgspec.Struct, frozen=True):
         return COMMAND_NAMES.get(self.command_field, f"command 0x{self.command_field:04X}")
 
 
-DimseMessage: TypeAlias = CEchoRQ | CEchoRSP | CStoreRQ | CStoreRSP | UnknownCommand
+@_compile
+class UnknownResponse(_Message, frozen=True):
+    """The response to a request whose Command Field has no table here.
+
+    PS3.7 Annex C.5: a DIMSE service user answers an operation it does not know
+    with status 0211H (Unrecognized operation). ``command_field`` is the
+    request's with bit 15 set (PS3.7 Annex E), and may not be one that has a
+    message struct (use that struct). It encodes like any response; decoded, it
+    comes back as an :class:`UnknownCommand`.
+    """
+
+    rows: ClassVar[tuple[Row, ...]] = _UNKNOWN_RESPONSE_ROWS
+
+    command_field: int
+    message_id_being_responded_to: int
+    status: int
+    affected_sop_class_uid: str | None = None
+    error_comment: str | None = None
+    command_data_set_type: int = DATASET_ABSENT
+
+    def __post_init__(self) -> None:
+        _check_us("Command Field", self.command_field)
+        if not self.command_field & _RESPONSE_BIT or self.command_field in MESSAGE_TYPES:
+            raise LocalProtocolError(
+                f"UnknownResponse needs a response Command Field without a message "
+                f"struct, got 0x{self.command_field:04X}"
+            )
+        self._validate()
+
+
+DimseMessage: TypeAlias = (
+    CEchoRQ
+    | CEchoRSP
+    | CStoreRQ
+    | CStoreRSP
+    | CFindRQ
+    | CFindRSP
+    | CGetRQ
+    | CGetRSP
+    | CMoveRQ
+    | CMoveRSP
+    | CCancelRQ
+    | NEventReportRQ
+    | NEventReportRSP
+    | NActionRQ
+    | NActionRSP
+    | UnknownCommand
+    | UnknownResponse
+)
+
+
+# --------------------------------------------------------------------------
+# Responses (PS3.7 9.1, 10.1: a response answers its request's Message ID).
+
+# The fields response_for fills from its own arguments.
+_SET_BY_RESPONSE_FOR: Final = frozenset(("message_id_being_responded_to", "status"))
+
+
+def response_for(request: DimseMessage, status: int, /, **fields: Any) -> DimseMessage:
+    """Build the response to ``request`` with ``status`` (PS3.7 9.3, 10.3, Annex E).
+
+    The response type is the one whose Command Field is the request's with bit
+    15 set; its Message ID Being Responded To is the request's Message ID, and
+    it copies what PS3.7 says equals the request's (Affected SOP Class UID; for
+    C-STORE the Affected SOP Instance UID; for N-EVENT-REPORT the Affected SOP
+    Class/Instance UIDs and Event Type ID; for N-ACTION the Requested SOP
+    Class/Instance UIDs as the Affected ones, and Action Type ID). ``fields``
+    set or override the others (``error_comment``, ``command_data_set_type``...).
+
+    An :class:`UnknownCommand` request gets an :class:`UnknownResponse` carrying
+    its Affected (else Requested) SOP Class UID when that is a plausible UID.
+    Raises :class:`LocalProtocolError` for a response, a C-CANCEL-RQ (it has no
+    response, PS3.7 9.3.2.3), a request without Message ID, or a bad field.
+    """
+    leading: tuple[int, ...]
+    if isinstance(request, UnknownCommand):
+        if not request.is_request:
+            raise LocalProtocolError(f"{request.name} is a response, not a request")
+        if request.message_id is None:
+            raise LocalProtocolError(f"{request.name} without Message ID cannot be answered")
+        response_type: type[_Message] = UnknownResponse
+        leading = (request.command_field | _RESPONSE_BIT, request.message_id, status)
+        values = {"affected_sop_class_uid": _sop_class_of(request)}
+    else:
+        copies = _RESPONSE_COPIES.get(getattr(request, "command_field", -1))
+        if copies is None:
+            raise LocalProtocolError(f"{type(request).__name__} is not a request with a response")
+        response_type = MESSAGE_TYPES[request.command_field | _RESPONSE_BIT]
+        leading = (request.message_id, status)  # type: ignore[union-attr]
+        values = {to: getattr(request, source) for source, to in copies}
+    settable = {row.field for row in response_type.rows} - _SET_BY_RESPONSE_FOR
+    unknown = fields.keys() - settable
+    if unknown:
+        raise LocalProtocolError(f"{response_type.__name__} cannot set {sorted(unknown)}")
+    values.update(fields)
+    return response_type(*leading, **values)  # type: ignore[return-value]
+
+
+
+def _sop_class_of(request: UnknownCommand) -> str | None:
+    """The request's Affected, else Requested, SOP Class UID, if a sendable one."""
+    for element in (_AFFECTED_SOP_CLASS_UID, _REQUESTED_SOP_CLASS_UID):
+        raw = request.elements.get(element)
+        if raw is None:
+            continue
+        uid = raw.rstrip(b"\x00 ")
+        if uid and uid.isascii():
+            text = uid.decode("ascii")
+            if text.isprintable() and len(text) <= _UI_MAX:
+                return text
+    return None
 
 
 # --------------------------------------------------------------------------
 # Encoding (PS3.7 6.3.1: group 0000, Implicit VR Little Endian, ascending tags).
 
 
-def _us(element: int, value: int) -> bytes:
-    return _US_ELEMENT.pack(0, element, 2, value)
-
-
-def _text(element: int, raw: bytes, pad: bytes) -> bytes:
-    """An element of a string VR, padded to even length (PS3.5 6.2)."""
-    if len(raw) & 1:
-        raw += pad
-    return _ELEMENT_HEADER.pack(0, element, len(raw)) + raw
-
-
-def _ui(element: int, uid: str) -> bytes:
-    # PS3.5 6.2: UI values are padded with a single trailing NUL.
-    return _text(element, uid.encode("ascii"), b"\x00")
-
-
-def _string(element: int, value: str) -> bytes:
-    # PS3.5 6.2: LO values are padded with a single trailing space.
-    return _text(element, value.encode("ascii"), b" ")
-
-
-def _at(element: int, tags: tuple[int, ...]) -> bytes:
-    raw = b"".join(_AT_VALUE.pack(tag >> 16, tag & 0xFFFF) for tag in tags)
-    return _ELEMENT_HEADER.pack(0, element, len(raw)) + raw
-
-
-def _elements_of(msg: DimseMessage) -> list[bytes]:
-    """Encoded elements of ``msg`` in ascending tag order, group length excluded."""
-    parts: list[bytes] = []
-    if isinstance(msg, CStoreRQ):
-        # PS3.7 Table 9.3-1.
-        parts.append(_ui(_AFFECTED_SOP_CLASS_UID, msg.affected_sop_class_uid))
-        parts.append(_us(_COMMAND_FIELD, C_STORE_RQ))
-        parts.append(_us(_MESSAGE_ID, msg.message_id))
-        parts.append(_us(_PRIORITY, msg.priority))
-        parts.append(_us(_COMMAND_DATA_SET_TYPE, msg.command_data_set_type))
-        parts.append(_ui(_AFFECTED_SOP_INSTANCE_UID, msg.affected_sop_instance_uid))
-        if msg.move_originator_application_entity_title is not None:
-            # PS3.5 6.2: AE values are padded with a trailing space.
-            parts.append(
-                _text(_MOVE_ORIGINATOR_AE_TITLE, msg.move_originator_application_entity_title, b" ")
-            )
-        if msg.move_originator_message_id is not None:
-            parts.append(_us(_MOVE_ORIGINATOR_MESSAGE_ID, msg.move_originator_message_id))
-    elif isinstance(msg, CStoreRSP):
-        # PS3.7 Table 9.3-2.
-        if msg.affected_sop_class_uid is not None:
-            parts.append(_ui(_AFFECTED_SOP_CLASS_UID, msg.affected_sop_class_uid))
-        parts.append(_us(_COMMAND_FIELD, C_STORE_RSP))
-        parts.append(_us(_MESSAGE_ID_BEING_RESPONDED_TO, msg.message_id_being_responded_to))
-        parts.append(_us(_COMMAND_DATA_SET_TYPE, msg.command_data_set_type))
-        parts.append(_us(_STATUS, msg.status))
-        if msg.offending_element is not None:
-            parts.append(_at(_OFFENDING_ELEMENT, msg.offending_element))
-        if msg.error_comment is not None:
-            parts.append(_string(_ERROR_COMMENT, msg.error_comment))
-        if msg.affected_sop_instance_uid is not None:
-            parts.append(_ui(_AFFECTED_SOP_INSTANCE_UID, msg.affected_sop_instance_uid))
-    elif isinstance(msg, CEchoRQ):
-        # PS3.7 Table 9.3-12.
-        parts.append(_ui(_AFFECTED_SOP_CLASS_UID, msg.affected_sop_class_uid))
-        parts.append(_us(_COMMAND_FIELD, C_ECHO_RQ))
-        parts.append(_us(_MESSAGE_ID, msg.message_id))
-        parts.append(_us(_COMMAND_DATA_SET_TYPE, msg.command_data_set_type))
-    elif isinstance(msg, CEchoRSP):
-        # PS3.7 Table 9.3-13.
-        parts.append(_ui(_AFFECTED_SOP_CLASS_UID, msg.affected_sop_class_uid))
-        parts.append(_us(_COMMAND_FIELD, C_ECHO_RSP))
-        parts.append(_us(_MESSAGE_ID_BEING_RESPONDED_TO, msg.message_id_being_responded_to))
-        parts.append(_us(_COMMAND_DATA_SET_TYPE, msg.command_data_set_type))
-        parts.append(_us(_STATUS, msg.status))
-        if msg.error_comment is not None:
-            parts.append(_string(_ERROR_COMMENT, msg.error_comment))
-    elif isinstance(msg, UnknownCommand):
-        fields = {tag: _ELEMENT_HEADER.pack(0, tag, len(v)) + v for tag, v in msg.elements.items()}
-        fields[_COMMAND_FIELD] = _us(_COMMAND_FIELD, msg.command_field)
-        if msg.message_id is not None:
-            fields[_MESSAGE_ID] = _us(_MESSAGE_ID, msg.message_id)
-        parts.extend(fields[tag] for tag in sorted(fields))
-    else:
-        raise LocalProtocolError(f"not a DIMSE message: {type(msg).__name__}")
-    return parts
+def _encode_unknown(msg: UnknownCommand) -> bytes:
+    fields = {tag: _ELEMENT_HEADER.pack(0, tag, len(v)) + v for tag, v in msg.elements.items()}
+    fields[_COMMAND_FIELD] = _US_ELEMENT.pack(0, _COMMAND_FIELD, 2, msg.command_field)
+    if msg.message_id is not None:
+        fields[_MESSAGE_ID] = _US_ELEMENT.pack(0, _MESSAGE_ID, 2, msg.message_id)
+    body = b"".join([fields[tag] for tag in sorted(fields)])
+    return _UL_ELEMENT.pack(0, _GROUP_LENGTH, 4, len(body)) + body
 
 
 def encode_command(msg: DimseMessage) -> bytes:
@@ -553,190 +1309,80 @@ def encode_command(msg: DimseMessage) -> bytes:
     Group 0000 in Implicit VR Little Endian (PS3.5 A.1), elements in ascending
     tag order (PS3.5 7.1), values padded to even length (UI with NUL, AE and LO
     with space; PS3.5 6.2), Command Group Length (0000,0000) UL first and equal
-    to the length of everything after it (PS3.7 E.1).
+    to the length of everything after it (PS3.7 E.1). Optional fields that are
+    None are left out.
     """
-    parts = _elements_of(msg)
-    length = sum(map(len, parts))
-    return _UL_ELEMENT.pack(0, _GROUP_LENGTH, 4, length) + b"".join(parts)
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is not None:
+        return encoder(msg)
+    if isinstance(msg, UnknownCommand):
+        return _encode_unknown(msg)
+    raise LocalProtocolError(f"not a DIMSE message: {type(msg).__name__}")
 
 
 # --------------------------------------------------------------------------
 # Decoding.
 
 
-def _fail(reason: str) -> NoReturn:
-    """Raise the DIMSE service-user A-ABORT (PS3.8 9.3.8, Table 9-26: source 0)."""
-    raise RemoteProtocolError(
-        f"malformed DIMSE message: {reason}",
-        abort_source=ABORT_SOURCE_USER,
-        abort_reason=ABORT_REASON_NOT_SPECIFIED,
-    )
+def _parse_elements(data: bytes | memoryview) -> dict[int, bytes]:
+    """Split a command set into its elements (PS3.5 7.1.2, PS3.7 6.3.1).
 
-
-def _name(element: int) -> str:
-    return f"(0000,{element:04X})"
-
-
-def _required(elements: dict[int, memoryview], element: int) -> memoryview:
-    value = elements.get(element)
-    if value is None:
-        _fail(f"required element {_name(element)} missing")
-    return value
-
-
-def _us_value(element: int, value: memoryview) -> int:
-    if len(value) != 2:
-        _fail(f"{_name(element)} is US but {len(value)} bytes long")
-    return value[0] | value[1] << 8
-
-
-def _ascii(element: int, raw: bytes) -> str:
-    try:
-        return raw.decode("ascii")
-    except UnicodeDecodeError:
-        _fail(f"{_name(element)} is not ASCII")
-
-
-def _req_us(elements: dict[int, memoryview], element: int) -> int:
-    return _us_value(element, _required(elements, element))
-
-
-def _opt_us(elements: dict[int, memoryview], element: int) -> int | None:
-    value = elements.get(element)
-    if value is None or not len(value):
-        return None
-    return _us_value(element, value)
-
-
-def _req_uid(elements: dict[int, memoryview], element: int) -> str:
-    # PS3.5 6.2: UI padded with NUL; trailing spaces are tolerated (common bug).
-    return _ascii(element, bytes(_required(elements, element)).rstrip(b"\x00 "))
-
-
-def _opt_uid(elements: dict[int, memoryview], element: int) -> str | None:
-    value = elements.get(element)
-    if value is None:
-        return None
-    raw = bytes(value).rstrip(b"\x00 ")
-    return _ascii(element, raw) if raw else None
-
-
-def _opt_lo(elements: dict[int, memoryview], element: int) -> str | None:
-    value = elements.get(element)
-    if value is None:
-        return None
-    # PS3.5 6.2: leading and trailing spaces of LO are not significant.
-    raw = bytes(value).rstrip(b"\x00 ").lstrip(b" ")
-    return _ascii(element, raw) if raw else None
-
-
-def _opt_ae(elements: dict[int, memoryview], element: int) -> bytes | None:
-    value = elements.get(element)
-    if value is None:
-        return None
-    # PS3.5 6.2: leading and trailing spaces of AE are not significant.
-    raw = bytes(value).rstrip(b"\x00 ").lstrip(b" ")
-    return raw or None
-
-
-def _opt_at(elements: dict[int, memoryview], element: int) -> tuple[int, ...] | None:
-    value = elements.get(element)
-    if value is None or len(value) == 0:
-        return None
-    if len(value) % 4:
-        _fail(f"{_name(element)} is AT but {len(value)} bytes long")
-    return tuple(group << 16 | elem for group, elem in _AT_VALUE.iter_unpack(value))
-
-
-def _parse_elements(data: bytes | memoryview) -> dict[int, memoryview]:
-    """Split a command set into its elements (PS3.5 7.1.2, PS3.7 6.3.1)."""
-    view = memoryview(data)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    size = len(view)
+    A command set is small (the assembler bounds it by MAX_COMMAND_LENGTH) and
+    every value is turned into a str or int anyway, so it is copied to bytes
+    once and its values are bytes slices.
+    """
+    raw = data if type(data) is bytes else bytes(data)
+    size = len(raw)
     if size < _GROUP_LENGTH_ELEMENT_LENGTH:
         _fail(f"command set of {size} bytes cannot hold Command Group Length")
-    group, element, length = _ELEMENT_HEADER.unpack_from(view, 0)
+    group, element, length = _ELEMENT_HEADER.unpack_from(raw, 0)
     if group != 0 or element != _GROUP_LENGTH or length != 4:
         _fail("command set does not start with Command Group Length (0000,0000) UL")
-    (group_length,) = struct.unpack_from("<I", view, _ELEMENT_HEADER_LENGTH)
+    (group_length,) = struct.unpack_from("<I", raw, _ELEMENT_HEADER_LENGTH)
     if group_length != size - _GROUP_LENGTH_ELEMENT_LENGTH:
         _fail(
             f"Command Group Length says {group_length} bytes follow, "
             f"{size - _GROUP_LENGTH_ELEMENT_LENGTH} do"
         )
-    elements: dict[int, memoryview] = {}
+    unpack = _ELEMENT_HEADER.unpack_from
+    header = _ELEMENT_HEADER_LENGTH
+    elements: dict[int, bytes] = {}
     offset = _GROUP_LENGTH_ELEMENT_LENGTH
     previous = _GROUP_LENGTH
-    while offset < size:
-        if size - offset < _ELEMENT_HEADER_LENGTH:
-            _fail(f"truncated element header at offset {offset}")
-        group, element, length = _ELEMENT_HEADER.unpack_from(view, offset)
-        offset += _ELEMENT_HEADER_LENGTH
-        if group != 0:
-            _fail(f"element ({group:04X},{element:04X}) outside group 0000 in a command set")
-        if element <= previous:
-            # PS3.5 7.1: ascending tag order, each tag at most once.
-            _fail(f"element {_name(element)} out of order or repeated")
-        if length > size - offset:
-            _fail(f"element {_name(element)} length {length} overruns the command set")
-        if length & 1:
-            # PS3.5 7.1.1: value lengths are even.
-            _fail(f"element {_name(element)} has odd length {length}")
-        elements[element] = view[offset : offset + length]
-        offset += length
-        previous = element
+    try:
+        while offset < size:
+            group, element, length = unpack(raw, offset)
+            start = offset + header
+            offset = start + length
+            if group or element <= previous or offset > size or length & 1:
+                _bad_element(group, element, length, offset > size)
+            elements[element] = raw[start:offset]
+            previous = element
+    except struct.error:
+        _fail(f"truncated element header at offset {offset}")
     return elements
 
 
-def _build(elements: dict[int, memoryview]) -> DimseMessage:
-    command_field = _req_us(elements, _COMMAND_FIELD)
-    cdst = _req_us(elements, _COMMAND_DATA_SET_TYPE)
-    if command_field == C_STORE_RQ:
-        return CStoreRQ(
-            message_id=_req_us(elements, _MESSAGE_ID),
-            affected_sop_class_uid=_req_uid(elements, _AFFECTED_SOP_CLASS_UID),
-            affected_sop_instance_uid=_req_uid(elements, _AFFECTED_SOP_INSTANCE_UID),
-            priority=_req_us(elements, _PRIORITY),
-            move_originator_application_entity_title=_opt_ae(
-                elements, _MOVE_ORIGINATOR_AE_TITLE
-            ),
-            move_originator_message_id=_opt_us(elements, _MOVE_ORIGINATOR_MESSAGE_ID),
-            command_data_set_type=cdst,
-        )
-    if command_field == C_STORE_RSP:
-        return CStoreRSP(
-            message_id_being_responded_to=_req_us(elements, _MESSAGE_ID_BEING_RESPONDED_TO),
-            status=_req_us(elements, _STATUS),
-            affected_sop_class_uid=_opt_uid(elements, _AFFECTED_SOP_CLASS_UID),
-            affected_sop_instance_uid=_opt_uid(elements, _AFFECTED_SOP_INSTANCE_UID),
-            error_comment=_opt_lo(elements, _ERROR_COMMENT),
-            offending_element=_opt_at(elements, _OFFENDING_ELEMENT),
-            command_data_set_type=cdst,
-        )
-    if command_field == C_ECHO_RQ:
-        return CEchoRQ(
-            message_id=_req_us(elements, _MESSAGE_ID),
-            affected_sop_class_uid=_req_uid(elements, _AFFECTED_SOP_CLASS_UID),
-            command_data_set_type=cdst,
-        )
-    if command_field == C_ECHO_RSP:
-        # PS3.7 Table 9.3-13: Affected SOP Class UID is U; its only value is Verification.
-        uid = _opt_uid(elements, _AFFECTED_SOP_CLASS_UID)
-        return CEchoRSP(
-            message_id_being_responded_to=_req_us(elements, _MESSAGE_ID_BEING_RESPONDED_TO),
-            status=_req_us(elements, _STATUS),
-            affected_sop_class_uid=VERIFICATION_SOP_CLASS if uid is None else uid,
-            error_comment=_opt_lo(elements, _ERROR_COMMENT),
-            command_data_set_type=cdst,
-        )
+def _bad_element(group: int, element: int, length: int, overruns: bool) -> NoReturn:
+    """Say what is wrong with an element _parse_elements refused."""
+    if group:
+        _fail(f"element ({group:04X},{element:04X}) outside group 0000 in a command set")
+    if overruns:
+        _fail(f"element {_name(element)} length {length} overruns the command set")
+    if length & 1:
+        # PS3.5 7.1.1: value lengths are even.
+        _fail(f"element {_name(element)} has odd length {length}")
+    # PS3.5 7.1: ascending tag order, each tag at most once.
+    _fail(f"element {_name(element)} out of order or repeated")
+
+
+def _decode_unknown(command_field: int, elements: dict[int, bytes]) -> UnknownCommand:
+    message_id = elements.get(_MESSAGE_ID)
     return UnknownCommand(
         command_field=command_field,
-        message_id=_opt_us(elements, _MESSAGE_ID),
+        message_id=None if message_id is None else _decode_us(_MESSAGE_ID, message_id),
         elements={
-            tag: bytes(value)
-            for tag, value in elements.items()
-            if tag not in _UNKNOWN_COMMAND_OWN
+            tag: value for tag, value in elements.items() if tag not in _UNKNOWN_COMMAND_OWN
         },
     )
 
@@ -746,18 +1392,28 @@ def decode_command(data: bytes | memoryview) -> DimseMessage:
 
     Checks: Command Group Length (0000,0000) UL first and equal to the bytes after
     it; group 0000 only; ascending, unique tags; every length even and inside the
-    buffer; the fields PS3.7 Tables 9.3-1, 9.3-2, 9.3-12 and 9.3-13 mark mandatory
-    present, US values 2 bytes, UIDs printable ASCII of at most 64 characters,
-    Priority 0/1/2. Command Data Set Type is honoured as sent (``has_dataset``). An
-    empty optional element decodes as absent. A Command Field other than C-STORE
-    and C-ECHO gives :class:`UnknownCommand`.
+    buffer; then, against the command's table in :data:`COMMAND_TABLES`, required
+    fields present, US values 2 bytes, AT values a multiple of 4, UIDs and LO
+    printable ASCII of at most 64 characters, AE at most 16 characters without
+    control characters or backslash, Priority 0/1/2. Command Data Set Type is
+    honoured as sent (``has_dataset``). An empty optional element decodes as
+    absent; a C-ECHO-RSP without Affected SOP Class UID is Verification's.
+    Elements the table does not list are ignored. A Command Field without a
+    table gives :class:`UnknownCommand`.
 
     Raises :class:`RemoteProtocolError` (service-user A-ABORT, source 0 reason 0)
     for anything malformed, and nothing else for any input.
     """
     elements = _parse_elements(data)
+    raw = elements.get(_COMMAND_FIELD)
+    if raw is None or len(raw) != 2:
+        _bad_us(_COMMAND_FIELD, raw)
+    command_field = raw[0] | raw[1] << 8
+    decoder = _DECODERS.get(command_field)
     try:
-        return _build(elements)
+        if decoder is None:
+            return _decode_unknown(command_field, elements)
+        return decoder(elements)  # type: ignore[no-any-return]
     except LocalProtocolError as exc:
         _fail(str(exc))
 

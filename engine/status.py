@@ -3,9 +3,10 @@
 Theory of operation: a status is a bare ``int`` (the US value of Status
 (0000,0900)), so responses stay cheap to build and compare. This module names the
 codes a Storage SCP and a Verification SCP send or receive, classifies any code
-into its PS3.7 Annex C Status Class (:func:`status_category`) and gives a
-human-readable meaning for logs (:func:`status_description`). It holds no state and
-never does I/O.
+into its PS3.7 Annex C Status Class (:func:`status_category`), tells whether a
+response is the last of its operation (:func:`is_pending`, :func:`is_final`) and
+gives a human-readable meaning for logs (:func:`status_description`). It holds no
+state and never does I/O.
 
 Codes in 01xx/02xx are fixed by PS3.7 Annex C for every service; codes in Axxx,
 Bxxx and Cxxx are service-class specific (PS3.7 Annex C), and the meanings given
@@ -56,6 +57,8 @@ __all__ = [
     "StatusCategory",
     "status_category",
     "status_description",
+    "is_pending",
+    "is_final",
 ]
 
 StatusCategory = Literal["Success", "Warning", "Failure", "Cancel", "Pending"]
@@ -167,6 +170,20 @@ def status_category(code: int) -> StatusCategory:
     if code >> 12 == 0xB:
         return "Warning"
     return "Failure"
+
+
+def is_pending(code: int) -> bool:
+    """Whether ``code`` is Pending (PS3.7 C.2: FF00H, FF01H): more responses follow.
+
+    C-FIND, C-GET and C-MOVE answer one request with pending responses and then
+    one final response (PS3.7 9.1.2-9.1.4); every other status ends the operation.
+    """
+    return code == PENDING or code == PENDING_WARNING
+
+
+def is_final(code: int) -> bool:
+    """Whether ``code`` ends its operation: any status but Pending (PS3.7 C.2)."""
+    return not is_pending(code)
 
 
 def status_description(code: int) -> str:

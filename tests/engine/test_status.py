@@ -105,3 +105,28 @@ def test_status_description(code: int, fragment: str) -> None:
 def test_every_code_has_category_and_description(code: int) -> None:
     assert status.status_category(code) in ("Success", "Warning", "Failure", "Cancel", "Pending")
     assert status.status_description(code)
+
+
+@pytest.mark.parametrize(
+    ("code", "pending"),
+    [
+        (0xFF00, True),
+        (0xFF01, True),
+        (0x0000, False),
+        (0xFE00, False),
+        (0xB000, False),
+        (0xA700, False),
+        (0x0211, False),
+        (0xFF02, False),
+        (0xFEFF, False),
+    ],
+)
+def test_is_pending(code: int, pending: bool) -> None:
+    # PS3.7 C.2: Pending is FF00H and FF01H; any other status is a final response.
+    assert status.is_pending(code) is pending
+    assert status.is_final(code) is not pending
+
+
+@given(st.integers(0, 0xFFFF))
+def test_pending_is_the_pending_category(code: int) -> None:
+    assert status.is_pending(code) == (status.status_category(code) == "Pending")

@@ -82,13 +82,29 @@ def associate_seeds() -> list[bytes]:
 
 def command_seeds() -> list[bytes]:
     """Command sets (PS3.7 Annex E) of the messages the engine decodes."""
-    from engine._dimse import CEchoRSP, CStoreRSP, encode_command
+    from engine._dimse import (
+        CCancelRQ,
+        CEchoRSP,
+        CFindRSP,
+        CGetRSP,
+        CMoveRQ,
+        CStoreRSP,
+        NActionRQ,
+        NEventReportRSP,
+        encode_command,
+    )
 
     return [
         wire.c_echo_rq(7),
         wire.c_store_rq(9, wire.CT_IMAGE, "1.2.826.0.1.3680043.2.1125.1"),
         encode_command(CStoreRSP(9, 0xA900, wire.CT_IMAGE, "1.2.3.4", "bad data set", (0x00080018,))),
         encode_command(CEchoRSP(7, 0x0000)),
+        encode_command(CMoveRQ(4, "1.2.840.10008.5.1.4.1.2.2.2", b"ARCHIVE", 2)),
+        encode_command(CFindRSP(3, 0xFF00, "1.2.840.10008.5.1.4.1.2.2.1", command_data_set_type=1)),
+        encode_command(CGetRSP(5, 0xFF00, None, 3, 2, 0, 1, "x", (0x00100010,))),
+        encode_command(CCancelRQ(3)),
+        encode_command(NActionRQ(6, "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1", 1, 1)),
+        encode_command(NEventReportRSP(8, 0x0110, "1.2.3", "1.2.3.4", 2, "failed", 7)),
         wire.command_set([(0x0002, wire.ui(wire.CT_IMAGE)), (0x0100, wire.us(0x0140)),
                           (0x0110, wire.us(3)), (0x0800, wire.us(0x0001))]),
     ]

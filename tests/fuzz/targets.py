@@ -32,10 +32,9 @@ from engine._connection import (
     ReleaseRequested,
 )
 from engine._dimse import (
+    MESSAGE_TYPES,
     CEchoRQ,
     CEchoRSP,
-    CStoreRQ,
-    CStoreRSP,
     MessageAssembler,
     UnknownCommand,
     decode_command,
@@ -130,7 +129,7 @@ def check_command(data: bytes) -> None:
     except RemoteProtocolError as exc:
         assert (exc.abort_source, exc.abort_reason) == (0, 0)
         return
-    assert isinstance(message, (CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, UnknownCommand))
+    assert isinstance(message, (*MESSAGE_TYPES.values(), UnknownCommand))
     assert decode_command(encode_command(message)) == message
 
 

@@ -296,8 +296,9 @@ def test_negotiate_as_acceptor_never_raises(rq: AAssociateRQ, contexts: list[Any
 # ----------------------------------------------------------------------------- DIMSE
 
 COMMAND_SEEDS = seeds.command_seeds()
-command_tags = st.sampled_from([0x0000, 0x0002, 0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x0901,
-                                0x0902, 0x1000, 0x1030, 0x1031]) | st.integers(0, 0xFFFF)
+command_tags = st.sampled_from([0x0000, 0x0002, 0x0003, 0x0100, 0x0110, 0x0120, 0x0600, 0x0700, 0x0800,
+                                0x0900, 0x0901, 0x0902, 0x0903, 0x1000, 0x1001, 0x1002, 0x1008, 0x1020,
+                                0x1023, 0x1030, 0x1031]) | st.integers(0, 0xFFFF)
 command_values = st.one_of(st.integers(0, 0xFFFF).map(wire.us), uid_bytes.map(wire.ui), st.binary(max_size=70))
 command_sets = st.one_of(
     st.binary(max_size=200),
