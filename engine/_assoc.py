@@ -390,8 +390,8 @@ class Association:
             return  # the association ended while we were busy; nothing to answer
         self.link.pump()
 
-    def response_received(self, command: Any) -> None:
-        self.scu.response_received(command)
+    def response_received(self, command: Any, dataset: bytes | None) -> None:
+        self.scu.response_received(command, dataset)
 
     def abort_local(self, detail: str) -> None:
         """Abort because of something we decided (a timeout, an invalid AC, the user)."""

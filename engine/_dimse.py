@@ -1166,6 +1166,20 @@ class UnknownCommand(msgspec.Struct, frozen=True):
         """Whether a data set follows (PS3.7 Annex E, (0000,0800) != 0101H)."""
         return self.command_data_set_type != DATASET_ABSENT
 
+    def _us(self, element: int) -> int | None:
+        value = self.elements.get(element)
+        return value[0] | value[1] << 8 if value is not None and len(value) == 2 else None
+
+    @property
+    def message_id_being_responded_to(self) -> int | None:
+        """(0000,0120) of a response, as sent (None when absent or not a US)."""
+        return self._us(0x0120)  # PS3.7 Table E.1-1
+
+    @property
+    def status(self) -> int | None:
+        """Status (0000,0900) of a response, as sent (None when absent or not a US)."""
+        return self._us(0x0900)  # PS3.7 Table E.1-1
+
     @property
     def is_request(self) -> bool:
         """PS3.7 Annex E: response Command Field values have bit 15 set."""

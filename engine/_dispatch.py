@@ -30,14 +30,16 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import status as _status
 from ._dimse import (
     C_CANCEL_RQ,
-    C_ECHO_RQ,
     C_STORE_RQ,
     COMMAND_NAMES,
-    CEchoRSP,
+    DATASET_PRESENT,
+    MESSAGE_TYPES,
     CommandReceived,
     CStoreRSP,
     DatasetFragment,
+    response_for,
 )
+from ._errors import LocalProtocolError
 from ._transport import HOLD_BACKLOG, HOLD_BUSY
 from .services import Reply, Request, ServiceRegistry, reply_of
 
@@ -68,6 +70,11 @@ class _Discard:
         pass
 
 
+#: A response's data set (a C-FIND match, a list of failed instances) is a few KiB; it is
+#: held in memory until complete, so a peer sending more is cut off here.
+_MAX_RESPONSE_DATASET = 16 << 20
+
+
 def _command_name(command: Any) -> str:
     return COMMAND_NAMES.get(command.command_field, f"command 0x{command.command_field:04X}")
 
@@ -84,7 +91,8 @@ def _request_sop_class(command: Any) -> str | None:
 class Dispatcher:
     """Serves the DIMSE requests of one association (see the module docstring)."""
 
-    __slots__ = ("assoc", "registry", "_request", "_op", "_busy", "_backlog", "_draining")
+    __slots__ = ("assoc", "registry", "_request", "_op", "_busy", "_backlog", "_draining",
+                 "_response", "_response_parts", "_response_size")
 
     def __init__(self, assoc: Association, registry: ServiceRegistry) -> None:
         self.assoc = assoc
@@ -94,6 +102,11 @@ class Dispatcher:
         self._busy = False
         self._backlog: collections.deque[Any] = collections.deque()
         self._draining = False
+        # A response to our own request whose data set is arriving (C-FIND matches,
+        # a C-GET's failed list): its fragments are collected for the service user.
+        self._response: Any = None
+        self._response_parts: list[memoryview] = []
+        self._response_size = 0
 
     @property
     def idle(self) -> bool:
@@ -111,7 +124,10 @@ class Dispatcher:
         command = event.command
         field = command.command_field
         if field & 0x8000:
-            self.assoc.response_received(command)
+            if command.has_dataset:
+                self._response = command
+            else:
+                self.assoc.response_received(command, None)
             return
         if field == C_CANCEL_RQ:
             request = self._request
@@ -126,10 +142,29 @@ class Dispatcher:
         self._start(event.context_id, command)
 
     def fragment(self, event: DatasetFragment) -> None:
+        if self._response is not None:
+            self._response_fragment(event)
+            return
         if self._backlog:
             self._backlog.append(event)
             return
         self._fragment(event)
+
+    def _response_fragment(self, event: DatasetFragment) -> None:
+        # The framer's views point into immutable bytes: keeping them is safe.
+        self._response_parts.append(event.data)
+        self._response_size += len(event.data)
+        if self._response_size > _MAX_RESPONSE_DATASET:
+            self._response_parts = []
+            self.assoc.abort_local("a response's data set exceeds "
+                                   f"{_MAX_RESPONSE_DATASET >> 20} MiB")
+            return
+        if event.is_last:
+            command, self._response = self._response, None
+            data = b"".join(self._response_parts)
+            self._response_parts = []
+            self._response_size = 0
+            self.assoc.response_received(command, data)
 
     def when_idle(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` now if nothing is in progress, else after it (in order)."""
@@ -188,8 +223,9 @@ class Dispatcher:
             provider = self.registry.lookup(field, abstract_syntax)
             if provider is None:
                 if _response_for(command, Reply(_status.UNRECOGNIZED_OPERATION)) is None:
-                    log.warning("%s: unsupported DIMSE command %r", assoc.peer_label(), command)
-                    assoc.abort_local("unsupported DIMSE service")
+                    # A request that cannot even be answered (no Message ID).
+                    log.warning("%s: unanswerable DIMSE request %r", assoc.peer_label(), command)
+                    assoc.abort_local("unanswerable DIMSE request")
                     self._request = None
                     return
                 op = _Discard((_status.UNRECOGNIZED_OPERATION,
@@ -314,9 +350,13 @@ class Dispatcher:
 
 
 def _response_for(command: Any, reply: Reply) -> Any:
-    """The response message answering ``command`` with ``reply`` (None: unsupported)."""
-    field = command.command_field
-    if field == C_STORE_RQ:
+    """The response message answering ``command`` with ``reply`` (None: it has none).
+
+    C-STORE, the request a storage node answers thousands of times a second, is built
+    directly; everything else goes through the codec's table-driven
+    :func:`~engine._dimse.response_for`.
+    """
+    if command.command_field == C_STORE_RQ and reply.fields is None:
         return CStoreRSP(
             message_id_being_responded_to=command.message_id,
             status=reply.status,
@@ -324,11 +364,14 @@ def _response_for(command: Any, reply: Reply) -> Any:
             affected_sop_instance_uid=command.affected_sop_instance_uid,
             error_comment=reply.comment,
         )
-    if field == C_ECHO_RQ:
-        return CEchoRSP(
-            message_id_being_responded_to=command.message_id,
-            status=reply.status,
-            affected_sop_class_uid=command.affected_sop_class_uid,
-            error_comment=reply.comment,
-        )
-    return None
+    fields = dict(reply.fields) if reply.fields else {}
+    if reply.comment is not None:
+        response_type = MESSAGE_TYPES.get(command.command_field | 0x8000)
+        if response_type is None or "error_comment" in response_type.__struct_fields__:
+            fields.setdefault("error_comment", reply.comment)
+    if reply.dataset is not None:
+        fields["command_data_set_type"] = DATASET_PRESENT
+    try:
+        return response_for(command, reply.status, **fields)
+    except LocalProtocolError:
+        return None  # C-CANCEL-RQ, or a request without a Message ID

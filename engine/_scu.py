@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -64,6 +64,21 @@ def _read_chunks(fobj: Any, remaining: int) -> Iterable[bytes]:
         yield chunk
 
 
+#: PS3.7 C.2: Pending statuses say more responses to the same request follow.
+_PENDING = frozenset((0xFF00, 0xFF01))
+
+
+class _Waiter:
+    """A request of ours awaiting its final response."""
+
+    __slots__ = ("future", "on_pending")
+
+    def __init__(self, future: asyncio.Future[Any],
+                 on_pending: Callable[[Any, bytes | None], Any] | None) -> None:
+        self.future = future
+        self.on_pending = on_pending
+
+
 class ServiceUser:
     """Our side of DIMSE requests on one association."""
 
@@ -72,7 +87,7 @@ class ServiceUser:
     def __init__(self, assoc: Association) -> None:
         self.assoc = assoc
         self._message_id = 0
-        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._waiters: dict[int, _Waiter] = {}
         #: Held while a message is being written: messages never interleave on the wire.
         self.send_lock = asyncio.Lock()
 
@@ -82,19 +97,30 @@ class ServiceUser:
 
     # -- responses ----------------------------------------------------------------------
 
-    def response_received(self, command: Any) -> None:
-        waiter = self._waiters.pop(command.message_id_being_responded_to, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(command)
-        else:
+    def response_received(self, command: Any, dataset: bytes | None) -> None:
+        """A response came (with its data set, if any): a Pending one goes to the
+        request's ``on_pending`` callback, the final one answers its waiter."""
+        message_id = command.message_id_being_responded_to
+        waiter = self._waiters.get(message_id)
+        if waiter is None or waiter.future.done():
             log.warning("%s: unexpected response %r", self.assoc.peer_label(), command)
+            return
+        if getattr(command, "status", None) in _PENDING:
+            if waiter.on_pending is not None:
+                try:
+                    waiter.on_pending(command, dataset)
+                except Exception:
+                    log.exception("%s: pending-response callback failed", self.assoc.peer_label())
+            return
+        del self._waiters[message_id]
+        waiter.future.set_result((command, dataset))
 
     def fail_waiters(self) -> None:
         """The association is gone: every pending request is answered None."""
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
+            if not waiter.future.done():
+                waiter.future.set_result((None, None))
 
     # -- sending ------------------------------------------------------------------------
 
@@ -105,12 +131,27 @@ class ServiceUser:
         dataset: bytes | memoryview | None = None,
         stream: tuple[Any, int] | None = None,
     ) -> Any:
-        """Send one request and return its response (None: the association ended)."""
+        """Send one request and return its final response (None: the association
+        ended before it came)."""
+        response, _ = await self.exchange(context_id, message, dataset, stream)
+        return response
+
+    async def exchange(
+        self,
+        context_id: int,
+        message: Any,
+        dataset: bytes | memoryview | None = None,
+        stream: tuple[Any, int] | None = None,
+        on_pending: Callable[[Any, bytes | None], Any] | None = None,
+    ) -> tuple[Any, bytes | None]:
+        """Send one request; return its final response and that response's data set
+        (``(None, None)``: the association ended first). Pending responses (PS3.7
+        9.1.2.1.6: C-FIND matches, C-GET/C-MOVE progress) go to ``on_pending``."""
         assoc = self.assoc
         if not assoc.is_established:
             raise RuntimeError("the association is not established")
         message_id = message.message_id
-        waiter = assoc.loop.create_future()
+        waiter = _Waiter(assoc.loop.create_future(), on_pending)
         self._waiters[message_id] = waiter
         try:
             async with self.send_lock:
@@ -119,11 +160,11 @@ class ServiceUser:
                     try:
                         conn.send_message(context_id, message, dataset, assoc.loop.time())
                     except LocalProtocolError:
-                        return None  # the association ended while we queued
+                        return None, None  # the association ended while we queued
                     assoc.link.pump()
                 else:
                     await self._send_stream(context_id, message, stream)
-            return await waiter
+            return await waiter.future
         finally:
             self._waiters.pop(message_id, None)
 

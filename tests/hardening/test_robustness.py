@@ -576,9 +576,6 @@ DIMSE_VIOLATIONS = {
     "command-fragments-on-two-contexts": wire.p_data(
         wire.pdv(SC_CX, wire.MCH_COMMAND, _GOOD_STORE[:20]), wire.pdv(CT_CX, wire.MCH_COMMAND_LAST, _GOOD_STORE[20:])
     ),
-    "unknown-command-field": _cmd(wire.command_set([(0x0002, wire.ui(wire.SECONDARY_CAPTURE)),
-                                                    (0x0100, wire.us(0x0140)), (0x0110, wire.us(1)),
-                                                    (0x0800, wire.us(0x0101))])),
     "command-set-over-64-kib": b"".join(
         wire.p_data(wire.pdv(SC_CX, wire.MCH_COMMAND, bytes(16000))) for _ in range(5)
     ),
@@ -590,6 +587,19 @@ def test_dimse_violation(node: Target, clean: None, data: bytes) -> None:
     """A command set that lies about its lengths or breaks PS3.7 6.3.1 / Annex E, or
     fragments out of order (PS3.8 E.2): DIMSE aborts as the UL's user, (0, 0)."""
     expect_reply(node, data, ABORT_USER, established=True)
+
+
+def test_unserved_command_is_answered_unrecognized_operation(node: Target, clean: None) -> None:
+    """A well-formed request of a service the node does not provide (N-CREATE-RQ here):
+    PS3.7 C.5 status 0211H Unrecognized Operation, then the association goes on."""
+    peer, _ = node.established_peer()
+    with peer:
+        peer.send(_cmd(wire.command_set([(0x0002, wire.ui(wire.SECONDARY_CAPTURE)),
+                                         (0x0100, wire.us(0x0140)), (0x0110, wire.us(1)),
+                                         (0x0800, wire.us(0x0101))])))
+        assert read_response(peer) == 0x0211
+        peer.send(_cmd(wire.c_echo_rq(), ECHO_CX))
+        assert read_response(peer) == SUCCESS
 
 
 def test_data_after_a_command_without_data_set(node: Target, clean: None) -> None:
