@@ -1,19 +1,34 @@
-"""scpfleet storage: files, names, durability and the instance index.
+"""scpfleet storage: files, names, durability, the journal and the catalog.
 
 Theory of operation: the network core hands this package a C-STORE's command and the
 fragments of its data set, and nothing else. :class:`InstanceWriter` streams them into a
 Part 10 file (:mod:`._part10`) while :class:`MetadataExtractor` (:mod:`._meta`) reads
 the few attributes that name and index the instance; a :class:`Publisher` makes it
-durable and visible and appends its :class:`InstanceRecord` to a per-worker journal
-(:mod:`._journal`), which :func:`replay` carries into the SQLite :class:`Index`
-(:mod:`._index`). Configuration is a :class:`StorageConfig` passed in; nothing is read
-from module globals. Errors raised on purpose derive from :class:`StorageError`.
+durable and visible and appends its :class:`InstanceRecord` (:mod:`._record`) to a
+per-worker journal (:mod:`._journal`), which :func:`replay` carries into a
+:class:`Catalog` (:mod:`._ports`), the port through which everything else learns what
+is stored. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
+:func:`open_catalog`; only that module imports ``sqlite3``, and a catalog fails with
+:class:`CatalogError`. Configuration is a :class:`StorageConfig` passed in; nothing is
+read from module globals. Errors raised on purpose derive from :class:`StorageError`.
 """
 
-from ._index import SCHEMA, Index, IndexStats, InstanceRecord
-from ._journal import JournalError, JournalReader, JournalWriter, journal_dir, replay, retire, segment_name
+from ._journal import (
+    JournalError,
+    JournalReader,
+    JournalWriter,
+    journal_dir,
+    replay,
+    retire,
+    segment_lock_path,
+    segment_name,
+    segment_path,
+)
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
 from ._part10 import FileMeta, NotDicomError, StorageError, build_file_meta, read_file_meta
+from ._ports import FIND_KEYS, Catalog, CatalogBusy, CatalogCorrupt, CatalogError, open_catalog
+from ._record import IndexStats, InstanceRecord
+from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -43,6 +58,13 @@ __all__ = [
     "StoreRefused",
     "WriterStateError",
     "JournalError",
+    "CatalogError",
+    "CatalogCorrupt",
+    "CatalogBusy",
+    "Catalog",
+    "FIND_KEYS",
+    "open_catalog",
+    "SqliteCatalog",
     "InstanceMetadata",
     "MetadataExtractor",
     "DEFLATED_TRANSFER_SYNTAXES",
@@ -68,12 +90,13 @@ __all__ = [
     "STATUS_DUPLICATE_REFUSED",
     "InstanceRecord",
     "IndexStats",
-    "Index",
     "SCHEMA",
     "JournalWriter",
     "JournalReader",
     "journal_dir",
     "segment_name",
+    "segment_path",
+    "segment_lock_path",
     "replay",
     "retire",
 ]

@@ -37,10 +37,10 @@ from typing import Literal
 
 import msgspec
 
-from ._index import InstanceRecord
 from ._journal import JournalError, JournalWriter
 from ._meta import MetadataExtractor
 from ._part10 import StorageError, build_file_meta
+from ._record import InstanceRecord
 
 __all__ = [
     "StorageConfig",

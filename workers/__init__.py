@@ -45,7 +45,7 @@ they all stopped. An indexer applies a batch against the segment's progress: end
 at or before it, a duplicate, skipped; starting after it, a gap (a dead indexer's
 stream, a stream switch), filled by reading the journal file first. A new stream
 begins with :class:`.ipc.IndexHello`, on which the indexer catches up from the
-journal. Rows and progress commit together (``Index.insert_batch``), so progress only
+journal. Rows and progress commit together (``Catalog.apply``), so progress only
 moves forward and a replay never doubles a row.
 
 Dead writers. A worker locks ``<segment>.lock`` before creating its segment and holds

@@ -1,9 +1,11 @@
-"""Helpers shared by the storage tests: data set byte streams as a C-STORE carries them.
+"""Helpers shared by the storage tests: data set byte streams as a C-STORE carries them,
+and records.
 
 Theory of operation: the storage layer receives a data set without File Meta, encoded
 in the negotiated transfer syntax. These helpers get exactly those bytes from pydicom
 (a Part 10 write, minus the preamble and group 0002), and split them into fragments the
-way the network would. Nothing here touches the storage package's files.
+way the network would; :func:`record` makes a plausible :class:`storage.InstanceRecord`.
+Nothing here touches the storage package's files.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import zlib
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+
+from storage import InstanceRecord
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -78,3 +82,25 @@ def fragments(data: bytes, sizes: list[int] | None = None, seed: int | None = No
         out.append(view[pos : pos + n])
         pos += n
     return out
+
+
+def record(n: int, *, study: int = 0, series: int = 0, patient: str | None = "P1", size: int = 100) -> InstanceRecord:
+    """Instance ``1.2.3.<n>`` of series ``1.2.4.<study>.<series>``."""
+    return InstanceRecord(
+        sop_instance_uid=f"1.2.3.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        study_instance_uid=f"1.2.4.{study}",
+        series_instance_uid=f"1.2.4.{study}.{series}",
+        patient_id=patient,
+        patient_name="Doe^Jane" if patient else None,
+        modality="CT",
+        study_date="20240102",
+        instance_number=str(n),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"1.2.4.{study}/1.2.4.{study}.{series}/1.2.3.{n}.dcm",
+        size=size,
+        sha256="ab" * 32,
+        calling_ae="MODALITY",
+        called_ae="ARCHIVE",
+        received_at=1_700_000_000.0 + n,
+    )

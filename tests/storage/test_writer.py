@@ -27,12 +27,12 @@ from storage import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
     TEMP_DIR,
-    Index,
     InstanceRecord,
     InstanceWriter,
     JournalReader,
     JournalWriter,
     Publisher,
+    SqliteCatalog,
     StorageConfig,
     StoreRefused,
     WriterStateError,
@@ -202,7 +202,7 @@ def test_publisher_every_durability_with_journal(tmp_path: Path, durability: str
     for record in records:
         _check_published(tmp_path, record, payloads[record.sop_instance_uid], EXPLICIT)
     assert [r for r, _ in JournalReader(journal.path).read_from()] == records
-    with Index(tmp_path / "index.sqlite") as index:
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
         assert replay(tmp_path, index) == 5
         assert index.get(uids[0]) == records[0]
     assert leftovers(tmp_path)[0] == []
