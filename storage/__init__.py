@@ -6,11 +6,13 @@ Part 10 file (:mod:`._part10`) while :class:`MetadataExtractor` (:mod:`._meta`) 
 the few attributes that name and index the instance; a :class:`Publisher` makes it
 durable and visible and appends its :class:`InstanceRecord` (:mod:`._record`) to a
 per-worker journal (:mod:`._journal`), which :func:`replay` carries into a
-:class:`Catalog` (:mod:`._ports`), the port through which everything else learns what
-is stored. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
+:class:`Catalog` (:mod:`._ports`), the port through which everything else learns what is
+stored. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
 :func:`open_catalog`; only that module imports ``sqlite3``, and a catalog fails with
-:class:`CatalogError`. Configuration is a :class:`StorageConfig` passed in; nothing is
-read from module globals. Errors raised on purpose derive from :class:`StorageError`.
+:class:`CatalogError`. A refused instance raises :class:`StoreRefused` with a
+:class:`Refusal` kind: storage knows no DIMSE status. Configuration is a
+:class:`StorageConfig` passed in; nothing is read from module globals. Errors raised on
+purpose derive from :class:`StorageError`.
 """
 
 from ._journal import (
@@ -26,24 +28,26 @@ from ._journal import (
 )
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
 from ._part10 import FileMeta, NotDicomError, StorageError, build_file_meta, read_file_meta
-from ._ports import FIND_KEYS, Catalog, CatalogBusy, CatalogCorrupt, CatalogError, open_catalog
+from ._ports import (
+    FIND_KEYS,
+    Catalog,
+    CatalogBusy,
+    CatalogCorrupt,
+    CatalogError,
+    Refusal,
+    StoreRefused,
+    open_catalog,
+)
 from ._record import IndexStats, InstanceRecord
 from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_DUPLICATE_REFUSED,
-    STATUS_INVALID_INSTANCE,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_SOP_CLASS_NOT_SUPPORTED,
     TEMP_DIR,
     DurableDirs,
     InstanceWriter,
     Publisher,
     StorageConfig,
-    StoreRefused,
     WriterStateError,
     fsync_dir,
     is_valid_uid,
@@ -56,6 +60,7 @@ __all__ = [
     "MetadataError",
     "NotDicomError",
     "StoreRefused",
+    "Refusal",
     "WriterStateError",
     "JournalError",
     "CatalogError",
@@ -82,12 +87,6 @@ __all__ = [
     "TEMP_DIR",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
-    "STATUS_OUT_OF_RESOURCES",
-    "STATUS_DATASET_MISMATCH",
-    "STATUS_CANNOT_UNDERSTAND",
-    "STATUS_INVALID_INSTANCE",
-    "STATUS_SOP_CLASS_NOT_SUPPORTED",
-    "STATUS_DUPLICATE_REFUSED",
     "InstanceRecord",
     "IndexStats",
     "SCHEMA",

@@ -4,10 +4,13 @@ Theory of operation: a DICOM service never touches databases; it holds a
 :class:`Catalog` (what is stored, for finding it again). It is a protocol, so it can
 have several implementations: today :class:`~storage.SqliteCatalog`.
 
-A catalog fails with its own errors, all :class:`~storage.StorageError`:
-:class:`CatalogError` (:class:`CatalogCorrupt` when what is there is not a catalog at
-all, :class:`CatalogBusy` when another writer held it too long), never with its
-database driver's exceptions.
+Storage has its own errors, all :class:`~storage.StorageError`: a store refuses an
+instance with :class:`StoreRefused`, whose :class:`Refusal` kind says why in storage's
+words; the caller turns the kind into whatever its protocol answers (the services
+layer, into a DIMSE status). Storage knows no DIMSE status, no AE, no association. A
+catalog fails with :class:`CatalogError` (:class:`CatalogCorrupt` when what is there
+is not a catalog at all, :class:`CatalogBusy` when another writer held it too long),
+never with its database driver's exceptions.
 
 This module defines types only; :func:`open_catalog` picks an implementation by the
 location's scheme and imports it on demand.
@@ -15,6 +18,7 @@ location's scheme and imports it on demand.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,6 +29,8 @@ from ._part10 import StorageError
 from ._record import IndexStats, InstanceRecord
 
 __all__ = [
+    "Refusal",
+    "StoreRefused",
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
@@ -33,6 +39,35 @@ __all__ = [
     "NO_PROGRESS",
     "open_catalog",
 ]
+
+
+class Refusal(enum.Enum):
+    """Why a store refused an instance, in storage's terms."""
+
+    #: The disk is full or an I/O operation failed; storing it again later may work.
+    OUT_OF_RESOURCES = "out of resources"
+    #: The data set was read, but it is not the instance announced (SOP Class or
+    #: Instance UID differ), or a UID that names its directories (Study, Series
+    #: Instance UID) is missing or not a UID.
+    DATASET_MISMATCH = "data set mismatch"
+    #: The data set (or its transfer syntax UID) could not be read far enough to
+    #: find the attributes that name it.
+    UNREADABLE = "unreadable"
+    #: The announced SOP Instance UID is not a UID (PS3.5 9.1).
+    INVALID_INSTANCE_UID = "invalid SOP Instance UID"
+    #: The announced SOP Class UID is not a UID (PS3.5 9.1).
+    INVALID_SOP_CLASS_UID = "invalid SOP Class UID"
+    #: The instance is already stored and the duplicate policy is ``reject``.
+    DUPLICATE = "duplicate"
+
+
+class StoreRefused(StorageError):
+    """The instance is not stored: :attr:`kind` says why, :attr:`reason` in words."""
+
+    def __init__(self, kind: Refusal, reason: str) -> None:
+        super().__init__(f"{kind.value}: {reason}")
+        self.kind = kind
+        self.reason = reason
 
 
 class CatalogError(StorageError):

@@ -42,17 +42,18 @@ import time
 from typing import Any
 
 from engine import evt
+from engine import status as dimse_status
 from engine._acse import AcceptorPolicy, rejection_description
 from engine._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.aio import AssociationServer, ServerConfig, new_event_loop
 from engine.presentation import PresentationContext
 from engine.sop_class import STORAGE_SOP_CLASSES, VerificationSOPClass
 from storage import (
-    STATUS_OUT_OF_RESOURCES,
     InstanceRecord,
     InstanceWriter,
     JournalWriter,
     Publisher,
+    Refusal,
     StorageConfig,
     StoreRefused,
     journal_dir,
@@ -77,7 +78,7 @@ from .ipc import (
     unsent_bytes,
 )
 
-__all__ = ["main", "Worker", "supported_contexts", "TRANSFER_SYNTAXES"]
+__all__ = ["main", "Worker", "supported_contexts", "refusal_status", "TRANSFER_SYNTAXES"]
 
 log = logging.getLogger("scpfleet.worker")
 
@@ -128,6 +129,32 @@ _DRAIN_POLL_S = 0.1
 # Threads running fsync/rename/fdatasync: they block in the kernel, not on the GIL, so a
 # few overlap for real; more only queue on the same device.
 _PUBLISH_THREADS = 8
+
+
+#: Duplicate refused (policy ``reject``). The Storage Service Class has no code for it;
+#: Cannot understand (Cxxx) is the failure range whose low bits are ours to define, and
+#: 0x111 echoes PS3.7 C.4's "Duplicate SOP Instance" (0111), which C-STORE may not use.
+_STATUS_DUPLICATE_REFUSED = 0xC111
+
+#: The C-STORE status answering each storage refusal (PS3.4 Table B.2-1 and the general
+#: statuses PS3.7 9.1.1.1.9 allows): A7xx out of resources (disk full, I/O error);
+#: A9xx data set does not match (its UIDs contradict the command, or Study/Series
+#: Instance UID missing or not a UID); Cxxx cannot understand (not readable far enough
+#: to find them); 0117 invalid SOP instance and 0122 SOP class not supported (the
+#: command's UIDs are not UIDs).
+_REFUSAL_STATUS = {
+    Refusal.OUT_OF_RESOURCES: dimse_status.REFUSED_OUT_OF_RESOURCES,
+    Refusal.DATASET_MISMATCH: dimse_status.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    Refusal.UNREADABLE: dimse_status.ERROR_CANNOT_UNDERSTAND,
+    Refusal.INVALID_INSTANCE_UID: dimse_status.INVALID_OBJECT_INSTANCE,
+    Refusal.INVALID_SOP_CLASS_UID: dimse_status.REFUSED_SOP_CLASS_NOT_SUPPORTED,
+    Refusal.DUPLICATE: _STATUS_DUPLICATE_REFUSED,
+}
+
+
+def refusal_status(kind: Refusal) -> int:
+    """The C-STORE status that answers a store refused for ``kind``."""
+    return _REFUSAL_STATUS[kind]
 
 
 class _TappedJournal(JournalWriter):
@@ -224,11 +251,12 @@ class _StoreSink:
             await segment.publisher.publish(self.writer)
         except StoreRefused as exc:
             info.in_store = False
-            return worker.store_failed(info, self.writer, exc.status, exc.reason)
+            return worker.store_failed(info, self.writer, exc)
         except OSError as exc:  # anything the writer did not already translate
             self.writer.abort()
             info.in_store = False
-            return worker.store_failed(info, self.writer, STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
+            refused = StoreRefused(Refusal.OUT_OF_RESOURCES, f"cannot store: {exc}")
+            return worker.store_failed(info, self.writer, refused)
         finally:
             segment.inflight -= 1
             if segment.retiring and not segment.inflight:
@@ -540,7 +568,7 @@ class Worker:
         if self.draining:
             # Stopping: the stores in flight finish, new ones are not started.
             self.loop.call_soon(assoc.abort)
-            return (STATUS_OUT_OF_RESOURCES, "the node is shutting down")
+            return (dimse_status.REFUSED_OUT_OF_RESOURCES, "the node is shutting down")
         cmd = request.command
         writer = InstanceWriter(
             self.storage,
@@ -553,7 +581,7 @@ class Worker:
         try:
             writer.begin()
         except StoreRefused as exc:
-            return self.store_failed(info, writer, exc.status, exc.reason)
+            return self.store_failed(info, writer, exc)
         info.in_store = True
         return _StoreSink(self, info, writer)
 
@@ -565,9 +593,10 @@ class Worker:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def store_failed(self, info: _AssocInfo, writer: InstanceWriter, status: int, reason: str) -> tuple[int, str]:
+    def store_failed(self, info: _AssocInfo, writer: InstanceWriter, refused: StoreRefused) -> tuple[int, str]:
         info.failed += 1
         self.failures += 1
+        status, reason = refusal_status(refused.kind), refused.reason
         log.warning("store refused: peer=%s calling=%s sop=%s status=0x%04X: %s",
                     info.peer, info.calling, writer.sop_instance_uid, status, reason)
         # Error Comment (0000,0902) is LO: at most 64 printable characters (PS3.7 C.4).

@@ -7,7 +7,9 @@ node (``python -m workers.cli serve`` in its own process group, ``--port 0`` and
 or when ``SCPFLEET_HARDENING_TARGET=engine``, the target is the engine itself: an
 ``engine.aio.AssociationServer`` on a uvloop loop in a background thread, storing through
 ``storage.InstanceWriter`` + ``storage.Publisher`` (durability ``none``) exactly as a
-worker does. ``SCPFLEET_HARDENING_TARGET=node`` insists on the real node.
+worker does, answering a refusal with the worker's status for it
+(``workers.worker.refusal_status``). ``SCPFLEET_HARDENING_TARGET=node`` insists on the
+real node.
 
 A target offers what every case checks afterwards: :meth:`Target.assert_still_serving`
 (a real association, C-ECHO and C-STORE through ``engine.aio``),
@@ -55,6 +57,7 @@ from engine.sop_class import Verification
 from storage import InstanceWriter, Publisher, StorageConfig, StoreRefused, is_valid_uid
 from tests.dicomdata import make_dataset
 from tests.fuzz import wire
+from workers.worker import refusal_status
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -551,7 +554,7 @@ class EngineTarget(Target):
         try:
             writer.begin()
         except StoreRefused as exc:
-            return exc.status, exc.reason
+            return refusal_status(exc.kind), exc.reason
         assert self._publisher is not None
         return _WriterSink(writer, self._publisher)
 
@@ -654,7 +657,7 @@ class _WriterSink:
                 raise self.refused
             await self.publisher.publish(self.writer)
         except StoreRefused as exc:
-            return exc.status, exc.reason
+            return refusal_status(exc.kind), exc.reason
         return 0x0000
 
     def abort(self) -> None:

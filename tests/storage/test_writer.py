@@ -1,6 +1,6 @@
 """InstanceWriter and Publisher: paths only from valid UIDs, every durability publishes a
 readable, byte-identical Part 10 file, batches group their syncs, duplicates follow the
-policy, and every failure answers a status and leaves nothing behind."""
+policy, and every failure is refused with its kind and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -20,18 +20,13 @@ import pydicom
 import pytest
 
 from storage import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_DUPLICATE_REFUSED,
-    STATUS_INVALID_INSTANCE,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_SOP_CLASS_NOT_SUPPORTED,
     TEMP_DIR,
     InstanceRecord,
     InstanceWriter,
     JournalReader,
     JournalWriter,
     Publisher,
+    Refusal,
     SqliteCatalog,
     StorageConfig,
     StoreRefused,
@@ -294,7 +289,7 @@ def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
 
     a, b, c = asyncio.run(main())
     assert isinstance(a, InstanceRecord) and isinstance(c, InstanceRecord)
-    assert isinstance(b, StoreRefused) and b.status == STATUS_DUPLICATE_REFUSED
+    assert isinstance(b, StoreRefused) and b.kind == Refusal.DUPLICATE
     assert leftovers(tmp_path) == ([], sorted([a.path, c.path]))
 
 
@@ -311,7 +306,7 @@ def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
     if policy == "reject":
         with pytest.raises(StoreRefused) as refused:
             publish_now(again)
-        assert refused.value.status == STATUS_DUPLICATE_REFUSED
+        assert refused.value.kind == Refusal.DUPLICATE
     else:
         publish_now(again)
         assert again.duplicate == (policy == "keep")
@@ -350,7 +345,7 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
     if policy == "reject":
         with pytest.raises(StoreRefused) as refused:
             publish_now(b)
-        assert refused.value.status == STATUS_DUPLICATE_REFUSED
+        assert refused.value.kind == Refusal.DUPLICATE
     else:
         publish_now(b)
         assert b.duplicate
@@ -361,23 +356,23 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(
-    "sop, sop_class, ts, status",
+    "sop, sop_class, ts, kind",
     [
-        ("../../escape", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("/etc/passwd", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("1." + "2" * 80, CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("1.2.abc", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("1.2.3", "../x", EXPLICIT, STATUS_SOP_CLASS_NOT_SUPPORTED),
-        ("1.2.3", CLASS, "not/a/uid", STATUS_CANNOT_UNDERSTAND),
+        ("../../escape", CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("/etc/passwd", CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("1." + "2" * 80, CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("1.2.abc", CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("1.2.3", "../x", EXPLICIT, Refusal.INVALID_SOP_CLASS_UID),
+        ("1.2.3", CLASS, "not/a/uid", Refusal.UNREADABLE),
     ],
 )
 def test_invalid_command_uids_refused_before_any_file(
-    tmp_path: Path, sop: str, sop_class: str, ts: str, status: int
+    tmp_path: Path, sop: str, sop_class: str, ts: str, kind: Refusal
 ) -> None:
     writer = make_writer(StorageConfig(root=str(tmp_path)), sop, ts, sop_class)
     with pytest.raises(StoreRefused) as refused:
         writer.begin()
-    assert refused.value.status == status
+    assert refused.value.kind == kind
     assert writer.temp_path is None
     with pytest.raises(StoreRefused):  # the refusal sticks
         writer.write(b"\x00\x00")
@@ -385,18 +380,18 @@ def test_invalid_command_uids_refused_before_any_file(
 
 
 @pytest.mark.parametrize(
-    "overrides, status",
+    "overrides, kind",
     [
-        ({"SOPInstanceUID": "1.2.3.999"}, STATUS_DATASET_MISMATCH),
-        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}, STATUS_DATASET_MISMATCH),
-        ({"StudyInstanceUID": "../../../tmp/evil"}, STATUS_DATASET_MISMATCH),
-        ({"StudyInstanceUID": "/abs"}, STATUS_DATASET_MISMATCH),
-        ({"SeriesInstanceUID": "1.2." + "3" * 70}, STATUS_DATASET_MISMATCH),
-        ({"SeriesInstanceUID": "1.2.x"}, STATUS_DATASET_MISMATCH),
-        ({"StudyInstanceUID": None}, STATUS_DATASET_MISMATCH),
+        ({"SOPInstanceUID": "1.2.3.999"}, Refusal.DATASET_MISMATCH),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}, Refusal.DATASET_MISMATCH),
+        ({"StudyInstanceUID": "../../../tmp/evil"}, Refusal.DATASET_MISMATCH),
+        ({"StudyInstanceUID": "/abs"}, Refusal.DATASET_MISMATCH),
+        ({"SeriesInstanceUID": "1.2." + "3" * 70}, Refusal.DATASET_MISMATCH),
+        ({"SeriesInstanceUID": "1.2.x"}, Refusal.DATASET_MISMATCH),
+        ({"StudyInstanceUID": None}, Refusal.DATASET_MISMATCH),
     ],
 )
-def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrides: dict, status: int) -> None:
+def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrides: dict, kind: Refusal) -> None:
     ds = dataset()
     for key, value in overrides.items():
         if value is None:
@@ -406,7 +401,7 @@ def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrid
     writer = stream(make_writer(StorageConfig(root=str(tmp_path)), EXPECTED.sop_instance_uid or ""), encode(ds, EXPLICIT))
     with pytest.raises(StoreRefused) as refused:
         publish_now(writer)
-    assert refused.value.status == status
+    assert refused.value.kind == kind
     assert writer.final_path is None
     assert leftovers(tmp_path) == ([], [])
     assert sorted(os.listdir(tmp_path)) == [TEMP_DIR]  # no directory was made either
@@ -416,7 +411,7 @@ def test_unreadable_data_set_is_cannot_understand(tmp_path: Path) -> None:
     writer = stream(make_writer(StorageConfig(root=str(tmp_path)), "1.2.3", DEFLATED), b"\xff" * 64)
     with pytest.raises(StoreRefused) as refused:
         writer.finish()
-    assert refused.value.status == STATUS_CANNOT_UNDERSTAND
+    assert refused.value.kind == Refusal.UNREADABLE
     assert leftovers(tmp_path) == ([], [])
 
 
@@ -483,7 +478,7 @@ def test_io_errors_refuse_with_out_of_resources(
             _enospc_after(monkeypatch, name, calls_ok)
             writer.begin()
     monkeypatch.undo()
-    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert refused.value.kind == Refusal.OUT_OF_RESOURCES
     assert "No space left" in refused.value.reason
     assert leftovers(tmp_path) == ([], [])
     assert writer.refused is refused.value
@@ -498,7 +493,7 @@ def test_journal_failure_refuses_and_keeps_the_journal_readable(tmp_path: Path, 
     with pytest.raises(StoreRefused) as refused:
         publish_now(writer, journal)
     monkeypatch.undo()
-    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert refused.value.kind == Refusal.OUT_OF_RESOURCES
     ok = publish_now(stream(make_writer(config, "1.2.3.2"), encode(dataset("1.2.3.2"), EXPLICIT)), journal)
     assert [r for r, _ in JournalReader(journal.path).read_from()][-1] == ok
 
@@ -532,7 +527,7 @@ def test_real_disk_full(tiny_fs: Path) -> None:
     writer = make_writer(config, "1.2.3.2")
     with pytest.raises(StoreRefused) as refused:
         stream(writer, encode(big, EXPLICIT), 64 << 10)
-    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert refused.value.kind == Refusal.OUT_OF_RESOURCES
     assert leftovers(tiny_fs) == ([], [small.path])
     # space is back: the next store succeeds
     publish_now(stream(make_writer(config, "1.2.3.3"), encode(dataset("1.2.3.3"), EXPLICIT)))

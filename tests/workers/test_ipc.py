@@ -1,5 +1,6 @@
-"""The node's plumbing in one process: queue frames, control messages, shared slots, and
-the journal tap that puts records on the index queue in file order."""
+"""The node's plumbing in one process: queue frames, control messages, shared slots, the
+journal tap that puts records on the index queue in file order, and the C-STORE status
+of each storage refusal."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import threading
 
 import pytest
 
-from storage import InstanceRecord, JournalReader
+from engine import status
+from storage import InstanceRecord, JournalReader, Refusal
 from workers.config import load_config
 from workers.ipc import (
     Attach,
@@ -23,7 +25,7 @@ from workers.ipc import (
     recv_control,
     send_control,
 )
-from workers.worker import TRANSFER_SYNTAXES, _TappedJournal, supported_contexts
+from workers.worker import TRANSFER_SYNTAXES, _TappedJournal, refusal_status, supported_contexts
 
 
 def record(n: int) -> InstanceRecord:
@@ -113,6 +115,19 @@ def test_journal_tap_reports_in_file_order(tmp_path):
         offset = end
     on_disk = [r for r, _ in JournalReader(journal.path).read_from(0)]
     assert on_disk == [r for _, _, recs in reports for r in recs]
+
+
+def test_every_refusal_has_its_c_store_status():
+    """The statuses on the wire for each storage refusal (PS3.4 Table B.2-1)."""
+    assert {kind: refusal_status(kind) for kind in Refusal} == {
+        Refusal.OUT_OF_RESOURCES: 0xA700,
+        Refusal.DATASET_MISMATCH: 0xA900,
+        Refusal.UNREADABLE: 0xC000,
+        Refusal.INVALID_INSTANCE_UID: 0x0117,
+        Refusal.INVALID_SOP_CLASS_UID: 0x0122,
+        Refusal.DUPLICATE: 0xC111,
+    }
+    assert all(status.status_category(refusal_status(kind)) == "Failure" for kind in Refusal)
 
 
 def test_supported_contexts_accept_everything_storable():
