@@ -10,9 +10,10 @@ per-worker journal (:mod:`._journal`), which :func:`replay` carries into a
 stored. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
 :func:`open_catalog`; only that module imports ``sqlite3``, and a catalog fails with
 :class:`CatalogError`. A refused instance raises :class:`StoreRefused` with a
-:class:`Refusal` kind: storage knows no DIMSE status. Configuration is a
-:class:`StorageConfig` passed in; nothing is read from module globals. Errors raised on
-purpose derive from :class:`StorageError`.
+:class:`Refusal` kind: storage knows no DIMSE status, and no product identity (the
+Implementation Class UID and Version Name of the files come in the
+:class:`StorageConfig`). Configuration is a :class:`StorageConfig` passed in; nothing is
+read from module globals. Errors raised on purpose derive from :class:`StorageError`.
 """
 
 from ._journal import (
@@ -41,8 +42,6 @@ from ._ports import (
 from ._record import IndexStats, InstanceRecord
 from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
     TEMP_DIR,
     DurableDirs,
     InstanceWriter,
@@ -85,8 +84,6 @@ __all__ = [
     "sweep_temp",
     "fsync_dir",
     "TEMP_DIR",
-    "IMPLEMENTATION_CLASS_UID",
-    "IMPLEMENTATION_VERSION_NAME",
     "InstanceRecord",
     "IndexStats",
     "SCHEMA",

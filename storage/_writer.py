@@ -21,6 +21,8 @@ Names on disk are made only of UIDs that pass :func:`is_valid_uid` (digits and d
 PS3.5 9.1), so no peer-supplied text can reach a path. Every failure ends with the
 temporary file unlinked and a :class:`StoreRefused` saying
 which :class:`Refusal` kind it is; the caller answers accordingly and keeps serving.
+Storage defines no product identity: the Implementation Class UID and Version Name
+written into every file come from the :class:`StorageConfig`.
 """
 
 from __future__ import annotations
@@ -54,14 +56,9 @@ __all__ = [
     "DurableDirs",
     "WriterStateError",
     "TEMP_DIR",
-    "IMPLEMENTATION_CLASS_UID",
-    "IMPLEMENTATION_VERSION_NAME",
 ]
 
 TEMP_DIR = ".tmp"
-# A UUID-derived UID (PS3.5 B.2: root "2.25."), fixed for this implementation.
-IMPLEMENTATION_CLASS_UID = "2.25.174015840572085024091735051246265513641"
-IMPLEMENTATION_VERSION_NAME = "SCPFLEET_0.1"
 
 # PS3.5 9.1: components are digits without leading zeros (except "0"), joined by dots.
 _UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
@@ -107,8 +104,9 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
       ``"overwrite"`` -- the new file replaces it atomically (rename);
       ``"keep"`` -- the stored file stays, the new one is discarded, success answered;
       ``"reject"`` -- the new one is discarded and refused (:attr:`Refusal.DUPLICATE`).
-    - ``implementation_class_uid`` / ``implementation_version_name``: (0002,0012) and
-      (0002,0013) of the files written (PS3.10 7.1).
+    - ``implementation_class_uid`` / ``implementation_version_name`` (required): (0002,0012)
+      and (0002,0013) of the files written (PS3.10 7.1); the product's one identity,
+      which the caller passes (the node passes the engine's, so files and the wire agree).
     - ``max_meta_inflate``: data set bytes the metadata extractor examines at most
       (after inflation when deflated); see :class:`~storage.MetadataExtractor`.
     - ``file_mode`` / ``dir_mode``: permissions of new files and directories.
@@ -119,8 +117,8 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_window_ms: float = 2.0
     batch_max: int = 256
     duplicate_policy: Literal["overwrite", "keep", "reject"] = "overwrite"
-    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
-    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+    implementation_class_uid: str
+    implementation_version_name: str
     max_meta_inflate: int = 1 << 20
     file_mode: int = 0o640
     dir_mode: int = 0o750

@@ -41,10 +41,9 @@ import threading
 import time
 from typing import Any
 
-from engine import evt
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, evt
 from engine import status as dimse_status
 from engine._acse import AcceptorPolicy, rejection_description
-from engine._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.aio import AssociationServer, ServerConfig, new_event_loop
 from engine.presentation import PresentationContext
 from engine.sop_class import STORAGE_SOP_CLASSES, VerificationSOPClass
@@ -305,7 +304,13 @@ class Worker:
         self.loop = new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.slots = SharedSlots(spec.shm_fd, spec.workers)
-        self.storage = StorageConfig(root=cfg.storage, durability=cfg.durability, duplicate_policy=cfg.duplicates)
+        self.storage = StorageConfig(
+            root=cfg.storage,
+            durability=cfg.durability,
+            duplicate_policy=cfg.duplicates,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
         self.called_ae = cfg.aet
         self.limit = cfg.max_associations
         self.draining = False
@@ -335,8 +340,8 @@ class Worker:
             ae_title=ae_title_bytes(cfg.aet, "aet").ljust(16, b" "),
             supported_contexts=supported_contexts(),
             maximum_pdu_size=cfg.max_pdu,
-            implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME.decode("ascii"),
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             require_called_aet=cfg.require_called_aet,
             require_calling_aet=tuple(ae_title_bytes(t, "require-calling-aet") for t in cfg.require_calling_aet),
         )

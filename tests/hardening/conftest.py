@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from engine import aio, build_context
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, aio, build_context
 from engine._acse import AcceptorPolicy
 from engine._pdu import AAssociateAC, decode_pdu
 from engine.presentation import StoragePresentationContexts
@@ -472,7 +472,12 @@ class EngineTarget(Target):
         self.max_associations = max_associations
         self.ssl_context = ssl_context if tls is None else server_ssl_context(*tls)
         self.allowed_networks = allowed_networks
-        self.storage = StorageConfig(root=str(self.root), durability="none")
+        self.storage = StorageConfig(
+            root=str(self.root),
+            durability="none",
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: aio.AssociationServer | None = None
         self._publisher: Publisher | None = None

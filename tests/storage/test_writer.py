@@ -1,6 +1,7 @@
 """InstanceWriter and Publisher: paths only from valid UIDs, every durability publishes a
-readable, byte-identical Part 10 file, batches group their syncs, duplicates follow the
-policy, and every failure is refused with its kind and leaves nothing behind."""
+readable, byte-identical Part 10 file carrying the configured identity, batches group
+their syncs, duplicates follow the policy, and every failure is refused with its kind
+and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import msgspec
 import pydicom
 import pytest
 
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import (
     TEMP_DIR,
     InstanceRecord,
@@ -37,7 +39,7 @@ from storage import (
     replay,
     sweep_temp,
 )
-from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments
+from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments, make_config
 from tests.storage.test_meta import EXPECTED, tricky_dataset
 
 # Some tests put invalid UIDs in data sets on purpose; pydicom warns when it writes them.
@@ -122,19 +124,28 @@ def test_invalid_uids(uid: object) -> None:
 
 def test_config_validation_and_decoding() -> None:
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", durability="sometimes")  # type: ignore[arg-type]
+        make_config("/x", durability="sometimes")
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", duplicate_policy="merge")  # type: ignore[arg-type]
+        make_config("/x", duplicate_policy="merge")
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", implementation_class_uid="not.a.uid")
+        make_config("/x", batch_max=0)
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", implementation_version_name="x" * 17)
+        StorageConfig(root="/x", implementation_class_uid="not.a.uid", implementation_version_name="X")
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", batch_max=0)
-    config = msgspec.convert({"root": "/srv", "durability": "batch", "batch_window_ms": 5}, StorageConfig)
+        StorageConfig(root="/x", implementation_class_uid="1.2.3", implementation_version_name="x" * 17)
+    identity = {"implementation_class_uid": "1.2.3", "implementation_version_name": "X"}
+    config = msgspec.convert({"root": "/srv", "durability": "batch", "batch_window_ms": 5, **identity}, StorageConfig)
     assert config.durability == "batch" and config.batch_window_ms == 5.0
     with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"root": "/srv", "durability": "maybe"}, StorageConfig)
+        msgspec.convert({"root": "/srv", "durability": "maybe", **identity}, StorageConfig)
+
+
+def test_storage_has_no_identity_of_its_own() -> None:
+    """The Implementation Class UID and Version Name are required: storage defines none."""
+    with pytest.raises(TypeError):
+        StorageConfig(root="/x")  # type: ignore[call-arg]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"root": "/srv"}, StorageConfig)
 
 
 # ------------------------------------------------------------------------------ publishing
@@ -150,6 +161,8 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
     assert record.size == len(raw)
     assert record.sha256 == hashlib.sha256(data).hexdigest()
     assert meta.transfer_syntax_uid == ts
+    assert meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID  # the one the node advertises
+    assert meta.implementation_version_name == IMPLEMENTATION_VERSION_NAME
     assert meta.source_ae_title == "MODALITY" and meta.receiving_ae_title == "ARCHIVE"
     read = pydicom.dcmread(path)
     assert read.file_meta.MediaStorageSOPInstanceUID == record.sop_instance_uid
@@ -170,7 +183,7 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
 
 @pytest.mark.parametrize("ts", ALL_SYNTAXES)
 def test_publish_now_every_transfer_syntax(tmp_path: Path, ts: str) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     data = encode(dataset(), ts)
     writer = stream(make_writer(config, EXPECTED.sop_instance_uid or "", ts), data)
     record = publish_now(writer)
@@ -180,7 +193,7 @@ def test_publish_now_every_transfer_syntax(tmp_path: Path, ts: str) -> None:
 
 @pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
 def test_publisher_every_durability_with_journal(tmp_path: Path, durability: str) -> None:
-    config = StorageConfig(root=str(tmp_path), durability=durability, batch_window_ms=1)  # type: ignore[arg-type]
+    config = make_config(tmp_path, durability=durability, batch_window_ms=1)  # type: ignore[arg-type]
     journal = JournalWriter(tmp_path, "w-1-1")
     uids = [f"1.2.826.0.1.3680043.8.498.{900 + i}" for i in range(5)]
     payloads = {uid: encode(dataset(uid), EXPLICIT) for uid in uids}
@@ -226,7 +239,7 @@ class SyncCounter:
 
 
 def _publish_concurrently(tmp_path: Path, durability: str, count: int) -> tuple[Publisher, list[InstanceRecord]]:
-    config = StorageConfig(root=str(tmp_path), durability=durability, batch_window_ms=50)  # type: ignore[arg-type]
+    config = make_config(tmp_path, durability=durability, batch_window_ms=50)  # type: ignore[arg-type]
     journal = JournalWriter(tmp_path, f"w-{durability}")
 
     async def one(publisher: Publisher, uid: str) -> InstanceRecord:
@@ -265,7 +278,7 @@ def test_batch_groups_concurrent_publishes(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path), durability="batch", batch_window_ms=60_000, batch_max=3)
+    config = make_config(tmp_path, durability="batch", batch_window_ms=60_000, batch_max=3)
 
     async def main() -> Publisher:
         publisher = Publisher(config)
@@ -278,7 +291,7 @@ def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
 
 
 def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path), durability="batch", batch_window_ms=20, duplicate_policy="reject")
+    config = make_config(tmp_path, durability="batch", batch_window_ms=20, duplicate_policy="reject")
 
     async def main() -> list[object]:
         publisher = Publisher(config)
@@ -298,7 +311,7 @@ def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("policy", ["overwrite", "keep", "reject"])
 def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
-    config = StorageConfig(root=str(tmp_path), duplicate_policy=policy)  # type: ignore[arg-type]
+    config = make_config(tmp_path, duplicate_policy=policy)  # type: ignore[arg-type]
     first = encode(dataset(PatientID="FIRST"), EXPLICIT)
     second = encode(dataset(PatientID="SECOND"), EXPLICIT)
     record = publish_now(stream(make_writer(config, EXPECTED.sop_instance_uid or ""), first))
@@ -317,7 +330,7 @@ def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
 
 def test_keep_policy_race_detected_at_link(tmp_path: Path) -> None:
     """Both copies pass finish() before either is linked: link(2) still refuses to clobber."""
-    config = StorageConfig(root=str(tmp_path), duplicate_policy="keep")
+    config = make_config(tmp_path, duplicate_policy="keep")
     data = encode(dataset(), EXPLICIT)
     a = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
     b = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
@@ -335,7 +348,7 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
-    config = StorageConfig(root=str(tmp_path), duplicate_policy=policy)  # type: ignore[arg-type]
+    config = make_config(tmp_path, duplicate_policy=policy)  # type: ignore[arg-type]
     data = encode(dataset(), EXPLICIT)
     a = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
     b = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
@@ -369,7 +382,7 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
 def test_invalid_command_uids_refused_before_any_file(
     tmp_path: Path, sop: str, sop_class: str, ts: str, kind: Refusal
 ) -> None:
-    writer = make_writer(StorageConfig(root=str(tmp_path)), sop, ts, sop_class)
+    writer = make_writer(make_config(tmp_path), sop, ts, sop_class)
     with pytest.raises(StoreRefused) as refused:
         writer.begin()
     assert refused.value.kind == kind
@@ -398,7 +411,7 @@ def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrid
             delattr(ds, key)
         else:
             setattr(ds, key, value)
-    writer = stream(make_writer(StorageConfig(root=str(tmp_path)), EXPECTED.sop_instance_uid or ""), encode(ds, EXPLICIT))
+    writer = stream(make_writer(make_config(tmp_path), EXPECTED.sop_instance_uid or ""), encode(ds, EXPLICIT))
     with pytest.raises(StoreRefused) as refused:
         publish_now(writer)
     assert refused.value.kind == kind
@@ -408,7 +421,7 @@ def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrid
 
 
 def test_unreadable_data_set_is_cannot_understand(tmp_path: Path) -> None:
-    writer = stream(make_writer(StorageConfig(root=str(tmp_path)), "1.2.3", DEFLATED), b"\xff" * 64)
+    writer = stream(make_writer(make_config(tmp_path), "1.2.3", DEFLATED), b"\xff" * 64)
     with pytest.raises(StoreRefused) as refused:
         writer.finish()
     assert refused.value.kind == Refusal.UNREADABLE
@@ -416,7 +429,7 @@ def test_unreadable_data_set_is_cannot_understand(tmp_path: Path) -> None:
 
 
 def test_abort_and_context_manager(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     writer = stream(make_writer(config, "1.2.3"), encode(dataset("1.2.3"), EXPLICIT))
     assert len(leftovers(tmp_path)[0]) == 1
     writer.abort()
@@ -460,7 +473,7 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int) -> 
 def test_io_errors_refuse_with_out_of_resources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str
 ) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     (tmp_path / TEMP_DIR).mkdir()
     data = encode(dataset(), EXPLICIT)
     writer = make_writer(config, EXPECTED.sop_instance_uid or "")
@@ -485,7 +498,7 @@ def test_io_errors_refuse_with_out_of_resources(
 
 
 def test_journal_failure_refuses_and_keeps_the_journal_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     journal = JournalWriter(tmp_path, "w-1-1")
     writer = stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT))
     writer.finish()
@@ -519,7 +532,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_real_disk_full(tiny_fs: Path) -> None:
-    config = StorageConfig(root=str(tiny_fs))
+    config = make_config(tiny_fs)
     sweep_temp(tiny_fs)
     small = publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)))
     big = dataset("1.2.3.2")
@@ -534,7 +547,7 @@ def test_real_disk_full(tiny_fs: Path) -> None:
 
 
 def test_sweep_temp(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     stream(make_writer(config, "1.2.3"), encode(dataset("1.2.3"), EXPLICIT))  # left open: a crash
     old = tmp_path / TEMP_DIR / "old.part"
     old.write_bytes(b"x")
