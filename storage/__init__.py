@@ -1,19 +1,26 @@
 """scpfleet storage: files, names, durability, the journal and the catalog.
 
-Theory of operation: the network core hands this package a C-STORE's command and the
-fragments of its data set, and nothing else. :class:`InstanceWriter` streams them into a
-Part 10 file (:mod:`._part10`) while :class:`MetadataExtractor` (:mod:`._meta`) reads
-the few attributes that name and index the instance; a :class:`Publisher` makes it
-durable and visible and appends its :class:`InstanceRecord` (:mod:`._record`) to a
-per-worker journal (:mod:`._journal`), which :func:`replay` carries into a
-:class:`Catalog` (:mod:`._ports`), the port through which everything else learns what is
-stored. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
-:func:`open_catalog`; only that module imports ``sqlite3``, and a catalog fails with
-:class:`CatalogError`. A refused instance raises :class:`StoreRefused` with a
-:class:`Refusal` kind: storage knows no DIMSE status, and no product identity (the
+Theory of operation: the rest of scpfleet reaches storage through two ports
+(:mod:`._ports`). An :class:`InstanceStore` takes an instance as an
+:class:`UploadRequest` (the command's UIDs, transfer syntax, AE titles) and then the
+fragments of its data set, and nothing else; a :class:`Catalog` says what is stored.
+Both refuse or fail with their own errors (:class:`StoreRefused` with a
+:class:`Refusal` kind, :class:`CatalogError`), never with DIMSE statuses or a driver's
+exceptions: storage knows no network protocol and no product identity (the
 Implementation Class UID and Version Name of the files come in the
-:class:`StorageConfig`). Configuration is a :class:`StorageConfig` passed in; nothing is
-read from module globals. Errors raised on purpose derive from :class:`StorageError`.
+:class:`StorageConfig`).
+
+:class:`PosixInstanceStore` (:mod:`._posix`) is the store: an :class:`InstanceWriter`
+(:mod:`._writer`) streams each instance into a Part 10 file (:mod:`._part10`) while a
+:class:`MetadataExtractor` (:mod:`._meta`) reads the few attributes that name and
+index it; a :class:`Publisher` makes it durable and visible and appends its
+:class:`InstanceRecord` (:mod:`._record`) to the writer's journal segment
+(:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
+and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
+finished ones. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
+:func:`open_catalog`; only that module imports ``sqlite3``. Configuration is passed
+in; nothing is read from module globals. Errors raised on purpose derive from
+:class:`StorageError`.
 """
 
 from ._journal import (
@@ -35,11 +42,17 @@ from ._ports import (
     CatalogBusy,
     CatalogCorrupt,
     CatalogError,
+    InstanceStore,
+    InstanceUnavailable,
     Refusal,
     StoreRefused,
+    Upload,
+    UploadRequest,
     open_catalog,
 )
+from ._posix import PosixInstanceStore
 from ._record import IndexStats, InstanceRecord
+from ._segments import JournalSegments
 from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
     TEMP_DIR,
@@ -55,27 +68,41 @@ from ._writer import (
 )
 
 __all__ = [
+    # errors
     "StorageError",
-    "MetadataError",
-    "NotDicomError",
     "StoreRefused",
     "Refusal",
-    "WriterStateError",
-    "JournalError",
+    "InstanceUnavailable",
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "MetadataError",
+    "NotDicomError",
+    "WriterStateError",
+    "JournalError",
+    # the ports
+    "InstanceStore",
+    "Upload",
+    "UploadRequest",
     "Catalog",
     "FIND_KEYS",
     "open_catalog",
+    # their implementations
+    "StorageConfig",
+    "PosixInstanceStore",
+    "JournalSegments",
     "SqliteCatalog",
+    "SCHEMA",
+    # records
+    "InstanceRecord",
+    "IndexStats",
+    # building blocks
     "InstanceMetadata",
     "MetadataExtractor",
     "DEFLATED_TRANSFER_SYNTAXES",
     "FileMeta",
     "build_file_meta",
     "read_file_meta",
-    "StorageConfig",
     "InstanceWriter",
     "Publisher",
     "DurableDirs",
@@ -84,9 +111,6 @@ __all__ = [
     "sweep_temp",
     "fsync_dir",
     "TEMP_DIR",
-    "InstanceRecord",
-    "IndexStats",
-    "SCHEMA",
     "JournalWriter",
     "JournalReader",
     "journal_dir",

@@ -16,6 +16,11 @@ so later frames never sit behind garbage.
 
 Replay is exactly-once because the catalog stores each segment's offset in the same
 transaction as the rows read up to it (:meth:`Catalog.apply`).
+
+A writer may be given ``on_append``: it is told of every append, with the frames'
+byte range, under the lock that orders appends, so reports leave in file order
+whichever thread appended. That is how a worker forwards records to its indexer, and
+how :class:`~storage.JournalSegments` knows when a segment is full.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 import msgspec
 
@@ -41,6 +46,7 @@ __all__ = [
     "journal_dir",
     "segment_path",
     "segment_lock_path",
+    "AppendCallback",
     "replay",
     "retire",
 ]
@@ -65,6 +71,10 @@ _decoder = msgspec.msgpack.Decoder(InstanceRecord)
 
 class JournalError(StorageError):
     """A journal segment cannot be appended to (after a failed, uncut append)."""
+
+
+#: ``on_append(start, end, records)``: the frames of ``records`` lie at ``[start, end)``.
+AppendCallback = Callable[[int, int, "list[InstanceRecord]"], None]
 
 
 def journal_dir(root: str | os.PathLike[str]) -> str:
@@ -101,13 +111,18 @@ class JournalWriter:
     """Appends records to ``<root>/.journal/<name>.log`` (created, never reopened).
 
     Thread-safe: the publisher's executor threads may append concurrently.
+    ``on_append`` is called after each successful append, in file order (see the
+    module's theory of operation); it must be quick and must not append.
     """
 
-    def __init__(self, root: str | os.PathLike[str], name: str) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], name: str, on_append: AppendCallback | None = None
+    ) -> None:
         directory = journal_dir(root)
         os.makedirs(directory, exist_ok=True)
         self.name = name
         self.path = segment_path(root, name)
+        self._on_append = on_append
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._offset = 0
         self._lock = threading.Lock()
@@ -131,6 +146,8 @@ class JournalWriter:
         again; if that fails too the segment refuses further appends
         (:class:`JournalError`) and the caller must open a new one.
         """
+        if self._on_append is not None:
+            records = list(records)
         data = _frames(records)
         with self._lock:
             if self._broken is not None:
@@ -148,6 +165,8 @@ class JournalWriter:
                     self._broken = str(cut)
                 raise
             self._offset = start + len(data)
+            if self._on_append is not None:
+                self._on_append(start, self._offset, records)  # type: ignore[arg-type]
             return self._offset
 
     def sync(self) -> None:

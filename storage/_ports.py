@@ -1,10 +1,12 @@
-"""The ports through which the rest of scpfleet reaches storage.
+"""The two ports through which the rest of scpfleet reaches storage.
 
-Theory of operation: a DICOM service never touches databases; it holds a
-:class:`Catalog` (what is stored, for finding it again). It is a protocol, so it can
-have several implementations: today :class:`~storage.SqliteCatalog`.
+Theory of operation: a DICOM service never touches files, journals or databases; it
+holds an :class:`InstanceStore` (where instances are written and read back) and a
+:class:`Catalog` (what is stored, for finding it again). Both are protocols, so each
+can have several implementations: today :class:`~storage.PosixInstanceStore` (files on
+a POSIX file system, a per-worker journal) and :class:`~storage.SqliteCatalog`.
 
-Storage has its own errors, all :class:`~storage.StorageError`: a store refuses an
+Each port has its own errors, all :class:`~storage.StorageError`: a store refuses an
 instance with :class:`StoreRefused`, whose :class:`Refusal` kind says why in storage's
 words; the caller turns the kind into whatever its protocol answers (the services
 layer, into a DIMSE status). Storage knows no DIMSE status, no AE, no association. A
@@ -21,9 +23,11 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import msgspec
 
 from ._part10 import StorageError
 from ._record import IndexStats, InstanceRecord
@@ -31,6 +35,10 @@ from ._record import IndexStats, InstanceRecord
 __all__ = [
     "Refusal",
     "StoreRefused",
+    "InstanceUnavailable",
+    "UploadRequest",
+    "Upload",
+    "InstanceStore",
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
@@ -68,6 +76,83 @@ class StoreRefused(StorageError):
         super().__init__(f"{kind.value}: {reason}")
         self.kind = kind
         self.reason = reason
+
+
+class InstanceUnavailable(StorageError):
+    """A stored instance's file cannot be opened (gone, or an I/O error)."""
+
+
+class UploadRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of an instance before its first byte: the command's UIDs, the
+    transfer syntax its data set is encoded in, the two AE titles, and when it was
+    received (Unix time; 0 means "now", read by the store when the upload opens)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    calling_ae: str
+    called_ae: str
+    received_at: float = 0.0
+
+
+@runtime_checkable
+class Upload(Protocol):
+    """One instance on its way into a store: :meth:`write` each fragment of its data
+    set as received, then :meth:`finish` once; or :meth:`abort`."""
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far, whatever the store adds (File Meta) included."""
+        ...
+
+    @property
+    def duplicate(self) -> bool:
+        """True when the instance was already stored and the store kept that copy
+        (duplicate policy ``keep``); known once :meth:`finish` has succeeded."""
+        ...
+
+    def write(self, data: memoryview) -> None:
+        """Take the next data set fragment (a view the caller may reuse afterwards).
+        Raises :class:`StoreRefused`; the upload is then aborted."""
+        ...
+
+    def finish(self) -> InstanceRecord | Awaitable[InstanceRecord]:
+        """Validate, make durable as configured, journal; the record of the stored
+        instance. Returned directly when nothing needs awaiting, else as an awaitable
+        (an asyncio future). Raises (or the awaitable raises) :class:`StoreRefused`.
+        Cancelling the awaitable does not stop a publication under way."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the upload, leaving no trace. Safe at any time and more than once;
+        after :meth:`finish` it does nothing (the instance is, or is being, stored)."""
+        ...
+
+
+@runtime_checkable
+class InstanceStore(Protocol):
+    """Where instances are written and read back."""
+
+    def open(self, request: UploadRequest) -> Upload:
+        """Start storing one instance. Raises :class:`StoreRefused` (UIDs that are
+        not UIDs are refused here, before any byte is written)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop taking uploads (later :meth:`open` and :meth:`Upload.finish` calls are
+        refused), commit everything pending, wait for publications under way, close
+        journals."""
+        ...
+
+    def open_instance(self, record: InstanceRecord) -> BinaryIO:
+        """The stored Part 10 file of ``record``, open for reading.
+        Raises :class:`InstanceUnavailable`."""
+        ...
+
+    def path_of(self, record: InstanceRecord) -> str:
+        """Where the stored file of ``record`` is. Raises :class:`StorageError` for a
+        record that does not name a file of this store."""
+        ...
 
 
 class CatalogError(StorageError):

@@ -654,20 +654,22 @@ class Publisher:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def publish(self, writer: InstanceWriter) -> InstanceRecord:
-        """Finish (if needed) and publish ``writer``; return its record once durable.
+    def submit(self, writer: InstanceWriter) -> InstanceRecord | asyncio.Future[InstanceRecord]:
+        """Finish (if needed) and start publishing ``writer``.
 
-        Raises :class:`StoreRefused`; the writer is then aborted (or, if the failure came
-        after the rename, left visible and refused so the peer sends it again).
-        Cancelling the wait does not stop a publication already handed to a thread.
+        ``none`` publishes inline and returns the record; ``fsync`` and ``batch`` return
+        a future of it, done once it is durable. Raises (or the future raises)
+        :class:`StoreRefused`; the writer is then aborted (or, if the failure came after
+        the rename, left visible and refused so the peer sends it again). Cancelling
+        the future does not stop a publication already handed to a thread.
         """
-        record = writer.finish()
+        writer.finish()
         durability = self.config.durability
         if durability == "none":
             return publish_now(writer, self._journal)
         loop = self._get_loop()
         if durability == "fsync":
-            return await loop.run_in_executor(self._executor, publish_now, writer, self._journal, self._durable)
+            return loop.run_in_executor(self._executor, publish_now, writer, self._journal, self._durable)
         future: asyncio.Future[InstanceRecord] = loop.create_future()
         self._pending.append((writer, future))
         if self._inflight is None:
@@ -675,8 +677,14 @@ class Publisher:
                 self._flush()
             elif self._timer is None:
                 self._timer = loop.call_later(self.config.batch_window_ms / 1000.0, self._flush)
-        await future
-        return record
+        return future
+
+    async def publish(self, writer: InstanceWriter) -> InstanceRecord:
+        """:meth:`submit` ``writer`` and return its record once durable."""
+        result = self.submit(writer)
+        if isinstance(result, InstanceRecord):
+            return result
+        return await result
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -723,7 +731,13 @@ class Publisher:
         self._flush()
 
     async def aclose(self) -> None:
-        """Commit everything pending and wait for it."""
+        """Commit everything pending, wait for it, then :meth:`close`."""
+        await self.flush()
+        self.close()
+
+    async def flush(self) -> None:
+        """Commit everything pending (``batch``: now, not at the window's end) and wait
+        for it. Publications under way in ``fsync`` mode are the caller's to await."""
         while self._pending or self._inflight is not None:
             if self._inflight is None:
                 self._flush()
@@ -731,5 +745,10 @@ class Publisher:
             if inflight is not None:
                 await asyncio.wait((inflight,))
                 await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """Release the fsync threads of a publisher that has nothing pending."""
+        if self._pending or self._inflight is not None:
+            raise WriterStateError("closing a publisher with publications pending")
         if self._fanout is not None:
             self._fanout.shutdown(wait=False)

@@ -1,12 +1,13 @@
-"""Journal: frames round-trip, torn tails are ignored, replay into a catalog is
-exactly-once, retirement spares live and unindexed segments, and a failed append never
-strands later frames."""
+"""Journal: frames round-trip, torn tails are ignored, appends are reported in file
+order, replay into a catalog is exactly-once, retirement spares live and unindexed
+segments, and a failed append never strands later frames."""
 
 from __future__ import annotations
 
 import errno
 import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,46 @@ def test_segment_names_are_unique_per_writer_life(tmp_path: Path) -> None:
     writer = JournalWriter(tmp_path, "w0-1-2")
     assert writer.path == segment_path(tmp_path, "w0-1-2")
     writer.close()
+
+
+def test_appends_are_reported_in_file_order(tmp_path: Path) -> None:
+    """Four threads append concurrently: every report starts where the previous ended,
+    and the reports, in order, are the file's records."""
+    reports = []
+    journal = JournalWriter(tmp_path, "w0-1-1", lambda s, e, recs: reports.append((s, e, recs)))
+
+    def append(base: int) -> None:
+        for i in range(50):
+            journal.append_many(iter([record(base + i)]))  # any iterable
+
+    threads = [threading.Thread(target=append, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    journal.close()
+    offset = 0
+    for start, end, recs in reports:
+        assert start == offset and isinstance(recs, list)
+        offset = end
+    assert offset == os.path.getsize(journal.path)
+    on_disk = [r for r, _ in JournalReader(journal.path).read_from(0)]
+    assert on_disk == [r for _, _, recs in reports for r in recs] and len(on_disk) == 200
+
+
+def test_a_failed_append_is_not_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reports = []
+    journal = JournalWriter(tmp_path, "w0-1-1", lambda s, e, recs: reports.append((s, e)))
+
+    def enospc(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", enospc)
+    with pytest.raises(OSError):
+        journal.append_many([record(1)])
+    monkeypatch.undo()
+    end = journal.append_many([record(2)])
+    assert reports == [(0, end)]
 
 
 def test_round_trip_and_offsets(tmp_path: Path) -> None:

@@ -1,17 +1,16 @@
 """The node's plumbing in one process: queue frames, control messages, shared slots, the
-journal tap that puts records on the index queue in file order, and the C-STORE status
-of each storage refusal."""
+C-STORE status of each storage refusal, and the contexts a worker accepts. (The journal
+reports its appends in file order: tests/storage/test_journal.py.)"""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 
 import pytest
 
 from engine import status
-from storage import InstanceRecord, JournalReader, Refusal
+from storage import InstanceRecord, Refusal
 from workers.config import load_config
 from workers.ipc import (
     Attach,
@@ -25,7 +24,7 @@ from workers.ipc import (
     recv_control,
     send_control,
 )
-from workers.worker import TRANSFER_SYNTAXES, _TappedJournal, refusal_status, supported_contexts
+from workers.worker import TRANSFER_SYNTAXES, refusal_status, supported_contexts
 
 
 def record(n: int) -> InstanceRecord:
@@ -93,28 +92,6 @@ def test_shared_slots_admit_release_reset():
         assert other.held() == 2 and not other.try_admit(1, 2)
     finally:
         os.close(slots.fd)
-
-
-def test_journal_tap_reports_in_file_order(tmp_path):
-    reports = []
-    journal = _TappedJournal(str(tmp_path), "w0-1-1", lambda s, e, recs: reports.append((s, e, recs)))
-
-    def append(base: int) -> None:
-        for i in range(50):
-            journal.append_many([record(base + i)])
-
-    threads = [threading.Thread(target=append, args=(k * 1000,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    journal.close()
-    offset = 0
-    for start, end, _ in reports:
-        assert start == offset
-        offset = end
-    on_disk = [r for r, _ in JournalReader(journal.path).read_from(0)]
-    assert on_disk == [r for _, _, recs in reports for r in recs]
 
 
 def test_every_refusal_has_its_c_store_status():
