@@ -9,10 +9,12 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from storage import (
@@ -72,7 +74,7 @@ def journal_records(root: Path) -> list[str]:
     out = []
     for name in sorted(os.listdir(journal_dir(root))):
         if name.endswith(".log"):
-            out += [r.sop_instance_uid for r, _ in JournalReader(journal_dir(root) + "/" + name).read_from()]
+            out += [r.sop_instance_uid for r, _ in JournalReader(os.path.join(journal_dir(root), name)).read_from()]
     return out
 
 
@@ -143,8 +145,6 @@ def test_abort_leaves_no_trace(tmp_path: Path) -> None:
 
 def test_received_at_zero_means_now(tmp_path: Path) -> None:
     store = PosixInstanceStore(make_config(tmp_path, durability="none"))
-    import time
-
     before = time.time()
     record = upload(store, uid(1), received_at=0.0).finish()
     assert isinstance(record, InstanceRecord) and before <= record.received_at <= time.time()
@@ -349,7 +349,7 @@ def test_path_of_and_open_instance(tmp_path: Path) -> None:
     assert isinstance(record, InstanceRecord)
     for bad in ("/etc/passwd", "../a/b.dcm", "a/../b.dcm", "a/b", "a//b.dcm", "a/b/c/d.dcm"):
         with pytest.raises(StorageError):
-            store.path_of(type(record)(**{**{f: getattr(record, f) for f in record.__struct_fields__}, "path": bad}))
+            store.path_of(msgspec.structs.replace(record, path=bad))
     os.unlink(store.path_of(record))
     with pytest.raises(InstanceUnavailable):
         store.open_instance(record)
