@@ -10,8 +10,9 @@ import io
 import struct
 from pathlib import Path
 
-from storage import Index, InstanceRecord, InstanceWriter, MetadataExtractor, StorageConfig, publish_now
+from storage import InstanceRecord, InstanceWriter, MetadataExtractor, SqliteCatalog, publish_now
 from tests.dicomdata import make_dataset
+from tests.storage import make_config
 
 # A common P-DATA payload size (PS3.8 D.1 Maximum Length), so headers straddle fragments.
 FRAGMENT = 16 * 1024
@@ -57,7 +58,7 @@ def test_bench_writer_publish_none(benchmark, tmp_path: Path) -> None:
     ds = make_dataset("ct")
     ds.PixelData = bytes(INSTANCE_BYTES - len(_CT_BYTES) + len(_CT.PixelData))
     chunks = _fragments(_data_set(ds))
-    config = StorageConfig(root=str(tmp_path), durability="none")
+    config = make_config(tmp_path, durability="none")
 
     def run() -> InstanceRecord:
         writer = InstanceWriter(config, ds.SOPClassUID, ds.SOPInstanceUID, _CT_TS, "MODALITY", "ARCHIVE", received_at=0.0)
@@ -70,7 +71,7 @@ def test_bench_writer_publish_none(benchmark, tmp_path: Path) -> None:
     assert abs(record.size - INSTANCE_BYTES) < 4096
 
 
-def test_bench_index_insert_batch(benchmark, tmp_path: Path) -> None:
+def test_bench_catalog_apply(benchmark, tmp_path: Path) -> None:
     records = [
         InstanceRecord(
             sop_instance_uid=f"1.2.826.0.1.3680043.8.498.{i}",
@@ -92,6 +93,6 @@ def test_bench_index_insert_batch(benchmark, tmp_path: Path) -> None:
         )
         for i in range(BATCH)
     ]
-    with Index(tmp_path / "index.sqlite") as index:
-        benchmark(index.insert_batch, records, {"worker-1-1": BATCH})
-        assert index.count() == BATCH
+    with SqliteCatalog(tmp_path / "index.sqlite") as catalog:
+        benchmark(catalog.apply, records, {"worker-1-1": BATCH})
+        assert catalog.count() == BATCH

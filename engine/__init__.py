@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from . import evt, services, sop_class, status
+from . import _config, evt, services, sop_class, status
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .ae import AE, ApplicationEntity, AssociationServer
 from .association import Association
@@ -23,6 +23,8 @@ from .presentation import (
 )
 
 __all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
     "AE",
     "ApplicationEntity",
     "Association",
@@ -41,6 +43,12 @@ __all__ = [
     "RemoteProtocolError",
     "LocalProtocolError",
 ]
+
+#: The product's identity, as plain strings: the Implementation Class UID and Version
+#: Name the engine advertises (PS3.7 D.3.3.2), for whatever else must carry the same
+#: (the File Meta of stored instances, PS3.10 7.1).
+IMPLEMENTATION_CLASS_UID: str = str(_config.IMPLEMENTATION_CLASS_UID)
+IMPLEMENTATION_VERSION_NAME: str = _config.IMPLEMENTATION_VERSION_NAME.decode("ascii")
 
 
 def debug_logger() -> None:

@@ -1,34 +1,65 @@
-"""scpfleet storage: files, names, durability and the instance index.
+"""scpfleet storage: files, names, durability, the journal and the catalog.
 
-Theory of operation: the network core hands this package a C-STORE's command and the
-fragments of its data set, and nothing else. :class:`InstanceWriter` streams them into a
-Part 10 file (:mod:`._part10`) while :class:`MetadataExtractor` (:mod:`._meta`) reads
-the few attributes that name and index the instance; a :class:`Publisher` makes it
-durable and visible and appends its :class:`InstanceRecord` to a per-worker journal
-(:mod:`._journal`), which :func:`replay` carries into the SQLite :class:`Index`
-(:mod:`._index`). Configuration is a :class:`StorageConfig` passed in; nothing is read
-from module globals. Errors raised on purpose derive from :class:`StorageError`.
+Theory of operation: the rest of scpfleet reaches storage through two ports
+(:mod:`._ports`). An :class:`InstanceStore` takes an instance as an
+:class:`UploadRequest` (the command's UIDs, transfer syntax, AE titles) and then the
+fragments of its data set, and nothing else; a :class:`Catalog` says what is stored.
+Both refuse or fail with their own errors (:class:`StoreRefused` with a
+:class:`Refusal` kind, :class:`CatalogError`), never with DIMSE statuses or a driver's
+exceptions: storage knows no network protocol and no product identity (the
+Implementation Class UID and Version Name of the files come in the
+:class:`StorageConfig`).
+
+:class:`PosixInstanceStore` (:mod:`._posix`) is the store: an :class:`InstanceWriter`
+(:mod:`._writer`) streams each instance into a Part 10 file (:mod:`._part10`) while a
+:class:`MetadataExtractor` (:mod:`._meta`) reads the few attributes that name and
+index it; a :class:`Publisher` makes it durable and visible and appends its
+:class:`InstanceRecord` (:mod:`._record`) to the writer's journal segment
+(:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
+and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
+finished ones. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
+:func:`open_catalog`; only that module imports ``sqlite3``. Configuration is passed
+in; nothing is read from module globals. Errors raised on purpose derive from
+:class:`StorageError`.
 """
 
-from ._index import SCHEMA, Index, IndexStats, InstanceRecord
-from ._journal import JournalError, JournalReader, JournalWriter, journal_dir, replay, retire, segment_name
+from ._journal import (
+    JournalError,
+    JournalReader,
+    JournalWriter,
+    journal_dir,
+    replay,
+    retire,
+    segment_lock_path,
+    segment_name,
+    segment_path,
+)
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
 from ._part10 import FileMeta, NotDicomError, StorageError, build_file_meta, read_file_meta
+from ._ports import (
+    FIND_KEYS,
+    Catalog,
+    CatalogBusy,
+    CatalogCorrupt,
+    CatalogError,
+    InstanceStore,
+    InstanceUnavailable,
+    Refusal,
+    StoreRefused,
+    Upload,
+    UploadRequest,
+    open_catalog,
+)
+from ._posix import PosixInstanceStore
+from ._record import IndexStats, InstanceRecord
+from ._segments import JournalSegments
+from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_DUPLICATE_REFUSED,
-    STATUS_INVALID_INSTANCE,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_SOP_CLASS_NOT_SUPPORTED,
     TEMP_DIR,
     DurableDirs,
     InstanceWriter,
     Publisher,
     StorageConfig,
-    StoreRefused,
     WriterStateError,
     fsync_dir,
     is_valid_uid,
@@ -37,19 +68,41 @@ from ._writer import (
 )
 
 __all__ = [
+    # errors
     "StorageError",
+    "StoreRefused",
+    "Refusal",
+    "InstanceUnavailable",
+    "CatalogError",
+    "CatalogCorrupt",
+    "CatalogBusy",
     "MetadataError",
     "NotDicomError",
-    "StoreRefused",
     "WriterStateError",
     "JournalError",
+    # the ports
+    "InstanceStore",
+    "Upload",
+    "UploadRequest",
+    "Catalog",
+    "FIND_KEYS",
+    "open_catalog",
+    # their implementations
+    "StorageConfig",
+    "PosixInstanceStore",
+    "JournalSegments",
+    "SqliteCatalog",
+    "SCHEMA",
+    # records
+    "InstanceRecord",
+    "IndexStats",
+    # building blocks
     "InstanceMetadata",
     "MetadataExtractor",
     "DEFLATED_TRANSFER_SYNTAXES",
     "FileMeta",
     "build_file_meta",
     "read_file_meta",
-    "StorageConfig",
     "InstanceWriter",
     "Publisher",
     "DurableDirs",
@@ -58,22 +111,12 @@ __all__ = [
     "sweep_temp",
     "fsync_dir",
     "TEMP_DIR",
-    "IMPLEMENTATION_CLASS_UID",
-    "IMPLEMENTATION_VERSION_NAME",
-    "STATUS_OUT_OF_RESOURCES",
-    "STATUS_DATASET_MISMATCH",
-    "STATUS_CANNOT_UNDERSTAND",
-    "STATUS_INVALID_INSTANCE",
-    "STATUS_SOP_CLASS_NOT_SUPPORTED",
-    "STATUS_DUPLICATE_REFUSED",
-    "InstanceRecord",
-    "IndexStats",
-    "Index",
-    "SCHEMA",
     "JournalWriter",
     "JournalReader",
     "journal_dir",
     "segment_name",
+    "segment_path",
+    "segment_lock_path",
     "replay",
     "retire",
 ]

@@ -14,8 +14,13 @@ that is short, over-long or fails its CRC, and reports the end of the last good 
 so a torn tail is ignored and never indexed. A failed append is cut back off the file
 so later frames never sit behind garbage.
 
-Replay is exactly-once because the index stores each segment's offset in the same
-transaction as the rows read up to it (:meth:`Index.insert_batch`).
+Replay is exactly-once because the catalog stores each segment's offset in the same
+transaction as the rows read up to it (:meth:`Catalog.apply`).
+
+A writer may be given ``on_append``: it is told of every append, with the frames'
+byte range, under the lock that orders appends, so reports leave in file order
+whichever thread appended. That is how a worker forwards records to its indexer, and
+how :class:`~storage.JournalSegments` knows when a segment is full.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 import msgspec
 
-from ._index import Index, InstanceRecord
 from ._part10 import StorageError
+from ._ports import Catalog
+from ._record import InstanceRecord
 
 __all__ = [
     "JournalError",
@@ -38,12 +44,16 @@ __all__ = [
     "JournalReader",
     "segment_name",
     "journal_dir",
+    "segment_path",
+    "segment_lock_path",
+    "AppendCallback",
     "replay",
     "retire",
 ]
 
 JOURNAL_DIR = ".journal"
 _SUFFIX = ".log"
+_LOCK_SUFFIX = ".lock"
 _LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 # A record is a few hundred bytes of UIDs and names; a length above 64 KiB can only be
@@ -63,8 +73,23 @@ class JournalError(StorageError):
     """A journal segment cannot be appended to (after a failed, uncut append)."""
 
 
+#: ``on_append(start, end, records)``: the frames of ``records`` lie at ``[start, end)``.
+AppendCallback = Callable[[int, int, "list[InstanceRecord]"], None]
+
+
 def journal_dir(root: str | os.PathLike[str]) -> str:
     return os.path.join(root, JOURNAL_DIR)
+
+
+def segment_path(root: str | os.PathLike[str], name: str) -> str:
+    """The file of segment ``name``."""
+    return os.path.join(journal_dir(root), name + _SUFFIX)
+
+
+def segment_lock_path(root: str | os.PathLike[str], name: str) -> str:
+    """The lock of segment ``name``: its writer holds it (``flock``) from before the
+    segment exists until it is done, so a lock anyone can take means a dead writer."""
+    return os.path.join(journal_dir(root), name + _LOCK_SUFFIX)
 
 
 def segment_name(pid: int, started_ns: int, label: str = "worker") -> str:
@@ -86,13 +111,18 @@ class JournalWriter:
     """Appends records to ``<root>/.journal/<name>.log`` (created, never reopened).
 
     Thread-safe: the publisher's executor threads may append concurrently.
+    ``on_append`` is called after each successful append, in file order (see the
+    module's theory of operation); it must be quick and must not append.
     """
 
-    def __init__(self, root: str | os.PathLike[str], name: str) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], name: str, on_append: AppendCallback | None = None
+    ) -> None:
         directory = journal_dir(root)
         os.makedirs(directory, exist_ok=True)
         self.name = name
-        self.path = os.path.join(directory, name + _SUFFIX)
+        self.path = segment_path(root, name)
+        self._on_append = on_append
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._offset = 0
         self._lock = threading.Lock()
@@ -116,6 +146,8 @@ class JournalWriter:
         again; if that fails too the segment refuses further appends
         (:class:`JournalError`) and the caller must open a new one.
         """
+        if self._on_append is not None:
+            records = list(records)
         data = _frames(records)
         with self._lock:
             if self._broken is not None:
@@ -133,6 +165,8 @@ class JournalWriter:
                     self._broken = str(cut)
                 raise
             self._offset = start + len(data)
+            if self._on_append is not None:
+                self._on_append(start, self._offset, records)  # type: ignore[arg-type]
             return self._offset
 
     def sync(self) -> None:
@@ -208,30 +242,30 @@ def _segments(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return [(e[: -len(_SUFFIX)], os.path.join(directory, e)) for e in entries if e.endswith(_SUFFIX)]
 
 
-def replay(root: str | os.PathLike[str], index: Index, batch: int = _REPLAY_BATCH) -> int:
-    """Index every journalled record not yet indexed; return how many were inserted.
+def replay(root: str | os.PathLike[str], catalog: Catalog, batch: int = _REPLAY_BATCH) -> int:
+    """Carry every journalled record not yet in ``catalog`` into it; return how many.
 
-    Each segment is read from the offset recorded in ``journal_progress``; each batch of
-    records is committed with the offset it reaches, so replaying twice (or after a
+    Each segment is read from the offset the catalog records for it; each batch of
+    records is applied with the offset it reaches, so replaying twice (or after a
     crash in the middle) gives the same rows.
     """
     total = 0
     for name, path in _segments(root):
         pending: list[InstanceRecord] = []
-        end = start = index.progress(name)
+        end = start = catalog.progress(name)
         for record, end in JournalReader(path).read_from(start):
             pending.append(record)
             if len(pending) >= batch:
-                index.insert_batch(pending, {name: end})
+                catalog.apply(pending, {name: end})
                 total += len(pending)
                 pending = []
         if pending:
-            index.insert_batch(pending, {name: end})
+            catalog.apply(pending, {name: end})
             total += len(pending)
     return total
 
 
-def retire(root: str | os.PathLike[str], index: Index, live: Collection[str]) -> list[str]:
+def retire(root: str | os.PathLike[str], catalog: Catalog, live: Collection[str]) -> list[str]:
     """Delete segments whose writer is gone and whose every good frame is indexed.
 
     ``live`` holds the segment names of running writers; those are never touched. A
@@ -243,10 +277,10 @@ def retire(root: str | os.PathLike[str], index: Index, live: Collection[str]) ->
     for name, path in _segments(root):
         if name in live:
             continue
-        with contextlib.closing(JournalReader(path).read_from(index.progress(name))) as frames:
+        with contextlib.closing(JournalReader(path).read_from(catalog.progress(name))) as frames:
             if next(frames, None) is not None:
                 continue
         os.unlink(path)
-        index.forget_journal(name)
+        catalog.forget_journal(name)
         retired.append(name)
     return retired

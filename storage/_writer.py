@@ -19,8 +19,10 @@ commits (``batch``), or inline without syncing (``none``).
 
 Names on disk are made only of UIDs that pass :func:`is_valid_uid` (digits and dots,
 PS3.5 9.1), so no peer-supplied text can reach a path. Every failure ends with the
-temporary file unlinked and a :class:`StoreRefused` carrying the C-STORE status to
-answer (PS3.4 B.2.3, PS3.7 9.1.1.1.9); the worker answers it and keeps serving.
+temporary file unlinked and a :class:`StoreRefused` saying
+which :class:`Refusal` kind it is; the caller answers accordingly and keeps serving.
+Storage defines no product identity: the Implementation Class UID and Version Name
+written into every file come from the :class:`StorageConfig`.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ from typing import Literal
 
 import msgspec
 
-from ._index import InstanceRecord
 from ._journal import JournalError, JournalWriter
 from ._meta import MetadataExtractor
 from ._part10 import StorageError, build_file_meta
+from ._ports import Refusal, StoreRefused
+from ._record import InstanceRecord
 
 __all__ = [
     "StorageConfig",
-    "StoreRefused",
     "InstanceWriter",
     "Publisher",
     "is_valid_uid",
@@ -54,40 +56,9 @@ __all__ = [
     "DurableDirs",
     "WriterStateError",
     "TEMP_DIR",
-    "IMPLEMENTATION_CLASS_UID",
-    "IMPLEMENTATION_VERSION_NAME",
-    "STATUS_OUT_OF_RESOURCES",
-    "STATUS_DATASET_MISMATCH",
-    "STATUS_CANNOT_UNDERSTAND",
-    "STATUS_INVALID_INSTANCE",
-    "STATUS_SOP_CLASS_NOT_SUPPORTED",
-    "STATUS_DUPLICATE_REFUSED",
 ]
 
 TEMP_DIR = ".tmp"
-# A UUID-derived UID (PS3.5 B.2: root "2.25."), fixed for this implementation.
-IMPLEMENTATION_CLASS_UID = "2.25.174015840572085024091735051246265513641"
-IMPLEMENTATION_VERSION_NAME = "SCPFLEET_0.1"
-
-# C-STORE failure statuses (PS3.4 Table B.2-1 and the general ones PS3.7 9.1.1.1.9 allows).
-#: Refused: Out of Resources (A7xx) -- disk full or any I/O error while storing.
-STATUS_OUT_OF_RESOURCES = 0xA700
-#: Error: Data Set does not match SOP Class (A9xx) -- the data set was read, but its
-#: SOP Class/Instance UID differ from the command's, or a Type 1 UID every composite
-#: IOD requires (Study, Series Instance UID; PS3.3 C.7.2.1, C.7.3.1) is missing or
-#: not a valid UID.
-STATUS_DATASET_MISMATCH = 0xA900
-#: Error: Cannot understand (Cxxx) -- the data set's leading elements could not be
-#: walked, so those attributes could not even be looked for.
-STATUS_CANNOT_UNDERSTAND = 0xC000
-#: Invalid SOP Instance (0117) -- the command's Affected SOP Instance UID breaks PS3.5 9.1.
-STATUS_INVALID_INSTANCE = 0x0117
-#: Refused: SOP Class not supported (0122) -- the command's SOP Class UID is not a UID.
-STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
-#: Duplicate refused (policy ``reject``). The Storage Service Class has no code for it;
-#: Cannot understand (Cxxx) is the failure range whose low bits are ours to define, and
-#: 0x111 echoes PS3.7 C.4's "Duplicate SOP Instance" (0111), which C-STORE may not use.
-STATUS_DUPLICATE_REFUSED = 0xC111
 
 # PS3.5 9.1: components are digits without leading zeros (except "0"), joined by dots.
 _UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
@@ -114,15 +85,6 @@ def _ae_or_none(ae: str) -> str | None:
     return None
 
 
-class StoreRefused(StorageError):
-    """The instance is not stored; answer the C-STORE with :attr:`status`."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status:#06x}: {reason}")
-        self.status = status
-        self.reason = reason
-
-
 class WriterStateError(StorageError, RuntimeError):
     """An :class:`InstanceWriter` method was called out of order (a caller bug)."""
 
@@ -141,9 +103,10 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     - ``duplicate_policy`` when the final path already exists:
       ``"overwrite"`` -- the new file replaces it atomically (rename);
       ``"keep"`` -- the stored file stays, the new one is discarded, success answered;
-      ``"reject"`` -- the new one is discarded and :data:`STATUS_DUPLICATE_REFUSED` answered.
-    - ``implementation_class_uid`` / ``implementation_version_name``: (0002,0012) and
-      (0002,0013) of the files written (PS3.10 7.1).
+      ``"reject"`` -- the new one is discarded and refused (:attr:`Refusal.DUPLICATE`).
+    - ``implementation_class_uid`` / ``implementation_version_name`` (required): (0002,0012)
+      and (0002,0013) of the files written (PS3.10 7.1); the product's one identity,
+      which the caller passes (the node passes the engine's, so files and the wire agree).
     - ``max_meta_inflate``: data set bytes the metadata extractor examines at most
       (after inflation when deflated); see :class:`~storage.MetadataExtractor`.
     - ``file_mode`` / ``dir_mode``: permissions of new files and directories.
@@ -154,8 +117,8 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_window_ms: float = 2.0
     batch_max: int = 256
     duplicate_policy: Literal["overwrite", "keep", "reject"] = "overwrite"
-    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
-    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+    implementation_class_uid: str
+    implementation_version_name: str
     max_meta_inflate: int = 1 << 20
     file_mode: int = 0o640
     dir_mode: int = 0o750
@@ -281,9 +244,9 @@ class InstanceWriter:
         if self._state != _PUBLISHED:
             self.abort()
 
-    def _refuse(self, status: int, reason: str, cause: BaseException | None = None) -> StoreRefused:
+    def _refuse(self, kind: Refusal, reason: str, cause: BaseException | None = None) -> StoreRefused:
         self.abort()
-        self.refused = StoreRefused(status, reason)
+        self.refused = StoreRefused(kind, reason)
         self.refused.__cause__ = cause
         return self.refused
 
@@ -301,11 +264,11 @@ class InstanceWriter:
         """
         self._check(_NEW, "begin()")
         if not is_valid_uid(self.sop_instance_uid):
-            raise self._refuse(STATUS_INVALID_INSTANCE, f"Affected SOP Instance UID is not a UID: {self.sop_instance_uid!r}")
+            raise self._refuse(Refusal.INVALID_INSTANCE_UID, f"Affected SOP Instance UID is not a UID: {self.sop_instance_uid!r}")
         if not is_valid_uid(self.sop_class_uid):
-            raise self._refuse(STATUS_SOP_CLASS_NOT_SUPPORTED, f"Affected SOP Class UID is not a UID: {self.sop_class_uid!r}")
+            raise self._refuse(Refusal.INVALID_SOP_CLASS_UID, f"Affected SOP Class UID is not a UID: {self.sop_class_uid!r}")
         if not is_valid_uid(self.transfer_syntax_uid):
-            raise self._refuse(STATUS_CANNOT_UNDERSTAND, f"transfer syntax is not a UID: {self.transfer_syntax_uid!r}")
+            raise self._refuse(Refusal.UNREADABLE, f"transfer syntax is not a UID: {self.transfer_syntax_uid!r}")
         if self.received_at is None:
             self.received_at = time.time()
         config = self.config
@@ -333,7 +296,7 @@ class InstanceWriter:
             self._state = _OPEN
             _write_all(self._fd, memoryview(meta))
         except OSError as exc:
-            raise self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot create temporary file: {exc}", exc) from exc
+            raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create temporary file: {exc}", exc) from exc
         self._size = len(meta)
 
     def write(self, fragment: memoryview | bytes | bytearray) -> None:
@@ -345,7 +308,7 @@ class InstanceWriter:
         try:
             _write_all(self._fd, view)
         except OSError as exc:
-            raise self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot write instance: {exc}", exc) from exc
+            raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot write instance: {exc}", exc) from exc
         self._hash.update(view)
         self._meta.feed(view)
         self._size += len(view)
@@ -354,9 +317,9 @@ class InstanceWriter:
         """Validate the received data set, create its directories, return its record.
 
         Checks, in order: the data set's (0008,0016)/(0008,0018) equal the command's
-        (else :data:`STATUS_DATASET_MISMATCH`, or :data:`STATUS_CANNOT_UNDERSTAND` when
-        the extractor failed before finding them); (0020,000D) and (0020,000E) are
-        valid UIDs (the same two statuses). Only then is a path formed. The file is not
+        (else :attr:`Refusal.DATASET_MISMATCH`, or :attr:`Refusal.UNREADABLE` when the
+        extractor failed before finding them); (0020,000D) and (0020,000E) are valid
+        UIDs (the same two kinds). Only then is a path formed. The file is not
         yet synced or visible: a :class:`Publisher` does that. Idempotent once it
         succeeded.
         """
@@ -370,16 +333,16 @@ class InstanceWriter:
             ("SOP Instance UID", meta.sop_instance_uid, self.sop_instance_uid),
         ):
             if found is None and error is not None:
-                raise self._refuse(STATUS_CANNOT_UNDERSTAND, f"data set unreadable before its {label}: {error}")
+                raise self._refuse(Refusal.UNREADABLE, f"data set unreadable before its {label}: {error}")
             if found != expected:
                 raise self._refuse(
-                    STATUS_DATASET_MISMATCH, f"data set {label} {found!r} differs from the command's {expected!r}"
+                    Refusal.DATASET_MISMATCH, f"data set {label} {found!r} differs from the command's {expected!r}"
                 )
         for label, uid in (("Study Instance UID", meta.study_instance_uid), ("Series Instance UID", meta.series_instance_uid)):
             if uid is None and error is not None:
-                raise self._refuse(STATUS_CANNOT_UNDERSTAND, f"data set unreadable before its {label}: {error}")
+                raise self._refuse(Refusal.UNREADABLE, f"data set unreadable before its {label}: {error}")
             if not is_valid_uid(uid):
-                raise self._refuse(STATUS_DATASET_MISMATCH, f"{label} missing or not a UID: {uid!r}")
+                raise self._refuse(Refusal.DATASET_MISMATCH, f"{label} missing or not a UID: {uid!r}")
         study, series = meta.study_instance_uid, meta.series_instance_uid
         assert study is not None and series is not None  # is_valid_uid passed for both
         config = self.config
@@ -398,7 +361,7 @@ class InstanceWriter:
                 st = os.stat(directory)
                 dirs.append((directory, (st.st_dev, st.st_ino)))
         except OSError as exc:
-            raise self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
+            raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
         self._dirs = tuple(dirs)
         if config.duplicate_policy != "overwrite" and os.path.lexists(self.final_path):
             self._found_duplicate()
@@ -493,17 +456,17 @@ class InstanceWriter:
 
     def _found_duplicate(self) -> None:
         if self.config.duplicate_policy == "reject":
-            raise self._refuse(STATUS_DUPLICATE_REFUSED, f"SOP Instance {self.sop_instance_uid} already stored")
+            raise self._refuse(Refusal.DUPLICATE, f"SOP Instance {self.sop_instance_uid} already stored")
         self.duplicate = True
 
     def _io_failure(self, exc: OSError | JournalError) -> StoreRefused:
         if self._state == _PUBLISHED:
             # The file is visible but its durability or journal entry is not assured;
             # the peer is told to retry, which stores it again.
-            self.refused = StoreRefused(STATUS_OUT_OF_RESOURCES, f"cannot make instance durable: {exc}")
+            self.refused = StoreRefused(Refusal.OUT_OF_RESOURCES, f"cannot make instance durable: {exc}")
             self.refused.__cause__ = exc
             return self.refused
-        return self._refuse(STATUS_OUT_OF_RESOURCES, f"cannot publish instance: {exc}", exc)
+        return self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot publish instance: {exc}", exc)
 
 
 class DurableDirs:
@@ -691,20 +654,22 @@ class Publisher:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def publish(self, writer: InstanceWriter) -> InstanceRecord:
-        """Finish (if needed) and publish ``writer``; return its record once durable.
+    def submit(self, writer: InstanceWriter) -> InstanceRecord | asyncio.Future[InstanceRecord]:
+        """Finish (if needed) and start publishing ``writer``.
 
-        Raises :class:`StoreRefused`; the writer is then aborted (or, if the failure came
-        after the rename, left visible and refused so the peer sends it again).
-        Cancelling the wait does not stop a publication already handed to a thread.
+        ``none`` publishes inline and returns the record; ``fsync`` and ``batch`` return
+        a future of it, done once it is durable. Raises (or the future raises)
+        :class:`StoreRefused`; the writer is then aborted (or, if the failure came after
+        the rename, left visible and refused so the peer sends it again). Cancelling
+        the future does not stop a publication already handed to a thread.
         """
-        record = writer.finish()
+        writer.finish()
         durability = self.config.durability
         if durability == "none":
             return publish_now(writer, self._journal)
         loop = self._get_loop()
         if durability == "fsync":
-            return await loop.run_in_executor(self._executor, publish_now, writer, self._journal, self._durable)
+            return loop.run_in_executor(self._executor, publish_now, writer, self._journal, self._durable)
         future: asyncio.Future[InstanceRecord] = loop.create_future()
         self._pending.append((writer, future))
         if self._inflight is None:
@@ -712,8 +677,14 @@ class Publisher:
                 self._flush()
             elif self._timer is None:
                 self._timer = loop.call_later(self.config.batch_window_ms / 1000.0, self._flush)
-        await future
-        return record
+        return future
+
+    async def publish(self, writer: InstanceWriter) -> InstanceRecord:
+        """:meth:`submit` ``writer`` and return its record once durable."""
+        result = self.submit(writer)
+        if isinstance(result, InstanceRecord):
+            return result
+        return await result
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -741,7 +712,7 @@ class Publisher:
     ) -> None:
         self._inflight = None
         if done.cancelled():
-            failure: BaseException | None = StoreRefused(STATUS_OUT_OF_RESOURCES, "group commit cancelled")
+            failure: BaseException | None = StoreRefused(Refusal.OUT_OF_RESOURCES, "group commit cancelled")
         else:
             failure = done.exception()
         for i, (writer, future) in enumerate(group):
@@ -760,7 +731,13 @@ class Publisher:
         self._flush()
 
     async def aclose(self) -> None:
-        """Commit everything pending and wait for it."""
+        """Commit everything pending, wait for it, then :meth:`close`."""
+        await self.flush()
+        self.close()
+
+    async def flush(self) -> None:
+        """Commit everything pending (``batch``: now, not at the window's end) and wait
+        for it. Publications under way in ``fsync`` mode are the caller's to await."""
         while self._pending or self._inflight is not None:
             if self._inflight is None:
                 self._flush()
@@ -768,5 +745,10 @@ class Publisher:
             if inflight is not None:
                 await asyncio.wait((inflight,))
                 await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """Release the fsync threads of a publisher that has nothing pending."""
+        if self._pending or self._inflight is not None:
+            raise WriterStateError("closing a publisher with publications pending")
         if self._fanout is not None:
             self._fanout.shutdown(wait=False)

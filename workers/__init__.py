@@ -21,22 +21,22 @@ with A-ASSOCIATE-RJ (2, 3, 2). A slot is given back as the association is releas
 aborted or rejected (before the A-RELEASE-RP leaves, so a peer reconnecting at once is
 admitted); the supervisor zeroes a dead worker's slot, so a crash never leaks capacity.
 
-One C-STORE. Fragments go straight from the engine's memoryviews to
-``storage.InstanceWriter.write`` (a temporary file in ``<root>/.tmp``); ``finish`` asks
-the worker's ``storage.Publisher`` to make it durable (fsync in executor threads, never
-on the loop), rename it to ``<study>/<series>/<sop>.dcm`` and append its
-``InstanceRecord`` to the worker's own journal segment; only then is the C-STORE-RSP
-sent. Memory per association is about one PDU, whatever the instance size.
+One C-STORE. Fragments go straight from the engine's memoryviews to an upload of the
+worker's ``storage.PosixInstanceStore`` (a temporary file in ``<root>/.tmp``); its
+``finish`` makes it durable (fsync in executor threads, never on the loop), renames it
+to ``<study>/<series>/<sop>.dcm`` and appends its ``InstanceRecord`` to the worker's
+own journal segment; only then is the C-STORE-RSP sent. Memory per association is
+about one PDU, whatever the instance size.
 
 The index queue, and why it is a stream socket. Each worker appends records to its
-journal from several publisher threads; the journal writer is tapped so that every
-append is forwarded, *in file order*, with its byte range ``[start, end)``, as one
-msgpack frame (:class:`.ipc.IndexBatch`) on a Unix stream socket to indexer
-``worker % M``. A stream keeps order without sequencing logic, its kernel buffer plus
-a bounded transport buffer is the queue, and a full buffer pauses the senders: the
-C-STORE-RSP waits for queue space, so reading from peers slows instead of memory
-growing. A multiprocessing.Queue would add a feeder thread, pickling and unbounded
-buffering on the sending side.
+journal from several publisher threads; the store reports every append (``on_append``,
+under the journal's append lock) and the worker forwards it, *in file order*, with its
+byte range ``[start, end)``, as one msgpack frame (:class:`.ipc.IndexBatch`) on a Unix
+stream socket to indexer ``worker % M``. A stream keeps order without sequencing
+logic, its kernel buffer plus a bounded transport buffer is the queue, and a full
+buffer pauses the senders: the C-STORE-RSP waits for queue space, so reading from
+peers slows instead of memory growing. A multiprocessing.Queue would add a feeder
+thread, pickling and unbounded buffering on the sending side.
 
 Exactly-once, monotonic progress. The journal is the truth, the queue a fast path.
 Each segment has a single progress writer while the node runs: the indexer owning its
@@ -45,11 +45,11 @@ they all stopped. An indexer applies a batch against the segment's progress: end
 at or before it, a duplicate, skipped; starting after it, a gap (a dead indexer's
 stream, a stream switch), filled by reading the journal file first. A new stream
 begins with :class:`.ipc.IndexHello`, on which the indexer catches up from the
-journal. Rows and progress commit together (``Index.insert_batch``), so progress only
+journal. Rows and progress commit together (``Catalog.apply``), so progress only
 moves forward and a replay never doubles a row.
 
-Dead writers. A worker locks ``<segment>.lock`` before creating its segment and holds
-it for life, so "the lock can be taken" means "the writer is gone" (pid-reuse proof).
+Dead writers. A worker's store locks ``<segment>.lock`` before creating the segment
+and holds it until the segment is closed, so "the lock can be taken" means "the writer is gone" (pid-reuse proof).
 The owning indexer finishes such a segment -- reads it to the end, commits, deletes it
 -- when its stream ends, when the worker announces a new segment (a segment is rotated
 past ``journal-segment-bytes`` and released once the stores publishing into it are

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -203,8 +203,9 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
 
 
-def _open_index(args: argparse.Namespace) -> Any:
-    from storage import Index
+def _read_index(args: argparse.Namespace, read: Callable[[Any], Any]) -> Any:
+    """``read(catalog)`` on the node's index; any failure is one line and exit 1."""
+    from storage import CatalogError, open_catalog
 
     from .config import ConfigError
 
@@ -214,14 +215,17 @@ def _open_index(args: argparse.Namespace) -> Any:
         raise SystemExit(_fail(str(exc)))
     if not os.path.exists(config.index_path):
         raise SystemExit(_fail(f"no index at {config.index_path} (nothing stored yet, or wrong --storage)", 1))
-    return Index(config.index_path)
+    try:
+        with open_catalog(config.index_path) as index:
+            return read(index)
+    except CatalogError as exc:
+        raise SystemExit(_fail(f"index {config.index_path}: {exc}", 1)) from None
 
 
 def _ls(args: argparse.Namespace) -> int:
     import msgspec
 
-    with _open_index(args) as index:
-        records = index.list(limit=args.limit, study=args.study)
+    records = _read_index(args, lambda index: index.list(limit=args.limit, study=args.study))
     out = sys.stdout
     if args.json:
         for record in records:
@@ -240,8 +244,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     from .metrics import format_bytes
 
-    with _open_index(args) as index:
-        stats = index.stats()
+    stats = _read_index(args, lambda index: index.stats())
     if args.json:
         print(json.dumps(msgspec.structs.asdict(stats)))
         return 0

@@ -11,7 +11,7 @@ after it, the records in between were lost on the way (a dead indexer's stream, 
 switch of streams) and are read back from the journal file first. So the queue is the
 fast path and the journal is the truth, and nothing journalled is missed or doubled.
 
-Records are committed with :meth:`storage.Index.insert_batch` together with the
+Records are committed with :meth:`storage.Catalog.apply` together with the
 offsets they reach, every ``_BATCH_MAX`` records or ``_BATCH_DELAY_S`` after the first
 pending one. While a commit fails (disk full) the records stay pending and reading
 pauses when too many wait, which in turn slows the workers (the queue fills).
@@ -32,10 +32,17 @@ import re
 import selectors
 import signal
 import socket
-import sqlite3
 import time
 
-from storage import Index, InstanceRecord, JournalReader, journal_dir
+from storage import (
+    CatalogError,
+    InstanceRecord,
+    JournalReader,
+    journal_dir,
+    open_catalog,
+    segment_lock_path,
+    segment_path,
+)
 
 from .ipc import (
     Attach,
@@ -98,7 +105,7 @@ class Indexer:
         self.j = spec.index
         self.m = cfg.indexers
         self.root = cfg.storage
-        self.index = Index(cfg.index_path)
+        self.index = open_catalog(cfg.index_path)
         self.sel = selectors.DefaultSelector()
         self.streams: dict[int, _Stream] = {}
         self.progress: dict[str, int] = {}
@@ -125,7 +132,7 @@ class Indexer:
         return offset
 
     def _path(self, segment: str) -> str:
-        return os.path.join(journal_dir(self.root), segment + ".log")
+        return segment_path(self.root, segment)
 
     def _catch_up(self, segment: str, upto: int | None) -> None:
         """Queue the segment's records from its progress up to ``upto`` (None: its end)."""
@@ -187,8 +194,8 @@ class Indexer:
         if not self.pending:
             return True
         try:
-            self.index.insert_batch(self.pending, self.pending_progress)
-        except sqlite3.Error as exc:
+            self.index.apply(self.pending, self.pending_progress)
+        except CatalogError as exc:
             self.stats.commit_errors += 1
             log.error("index commit of %d record(s) failed, will retry: %s", len(self.pending), exc)
             self.retry_at = time.monotonic() + _RETRY_S
@@ -204,7 +211,7 @@ class Indexer:
     def _finish(self, segment: str) -> bool | None:
         """Index a dead writer's segment to its end and delete it. None: its writer still
         holds it; False: the commit failed."""
-        lock_path = os.path.join(journal_dir(self.root), segment + ".lock")
+        lock_path = segment_lock_path(self.root, segment)
         try:
             lock_fd: int | None = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

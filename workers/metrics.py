@@ -17,14 +17,12 @@ the numbers; a lock keeps each scrape consistent.
 from __future__ import annotations
 
 import os
-import pathlib
-import sqlite3
 import struct
 import threading
 import time
 from typing import Any, Iterator
 
-from storage import journal_dir
+from storage import CatalogError, journal_dir, open_catalog
 
 from .ipc import LATENCY_BUCKETS, IndexerStats, ListenerStats, WorkerStats
 
@@ -38,6 +36,8 @@ _LAG_FRAMES_MAX = 200_000
 _FRAME_MAX = 64 * 1024
 # Scrapes and summaries within this many seconds share one lag measurement.
 _LAG_CACHE_S = 1.0
+# A scrape waits at most this long for the catalog (an indexer committing).
+_CATALOG_WAIT_S = 1.0
 
 
 def format_bytes(n: float) -> str:
@@ -74,14 +74,10 @@ def index_lag(root: str, index_path: str) -> tuple[int, int]:
     """``(records, bytes)`` journalled but not yet in the index."""
     progress: dict[str, int] = {}
     if os.path.exists(index_path):
-        uri = pathlib.Path(index_path).resolve().as_uri() + "?mode=ro"
         try:
-            db = sqlite3.connect(uri, uri=True, timeout=1.0)
-            try:
-                progress = dict(db.execute("SELECT journal, offset FROM journal_progress").fetchall())
-            finally:
-                db.close()
-        except sqlite3.Error:
+            with open_catalog(index_path, read_only=True, timeout_s=_CATALOG_WAIT_S) as catalog:
+                progress = catalog.journal_progress()
+        except CatalogError:
             pass  # no index yet (or busy): everything journalled counts as lag
     records = lag_bytes = 0
     directory = journal_dir(root)

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from storage import (
     TEMP_DIR,
-    Index,
+    Catalog,
     InstanceRecord,
     MetadataExtractor,
     NotDicomError,
@@ -118,7 +118,7 @@ def _recent_files(root: str, since: float) -> Iterable[str]:
                         continue
 
 
-def reconcile(root: str, index: Index, since: float, until: float | None = None) -> int:
+def reconcile(root: str, index: Catalog, since: float, until: float | None = None) -> int:
     """Index every instance file modified since ``since`` (and not after ``until``) that
     the index lacks (or sizes differently); return how many records were written."""
     pending: list[InstanceRecord] = []
@@ -137,11 +137,11 @@ def reconcile(root: str, index: Index, since: float, until: float | None = None)
             log.warning("cannot index %s: %s", path, exc)
             continue
         if len(pending) >= _BATCH:
-            index.insert_batch(pending)
+            index.apply(pending)
             written += len(pending)
             pending = []
     if pending:
-        index.insert_batch(pending)
+        index.apply(pending)
         written += len(pending)
     return written
 

@@ -33,7 +33,6 @@ import os
 import select
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from storage import Index, journal_dir, replay, retire, sweep_temp
+from storage import CatalogCorrupt, CatalogError, journal_dir, open_catalog, replay, retire, sweep_temp
 
 from .config import NodeConfig
 from .ipc import (
@@ -172,14 +171,14 @@ class Supervisor:
             since = unclean_since(self.root)
             if self._set_aside_corrupt_index():
                 since = 0.0  # rebuild: index every instance file on disk
-            with Index(cfg.index_path) as index:
+            with open_catalog(cfg.index_path) as index:
                 replayed = replay(self.root, index)
                 retired = retire(self.root, index, ())
                 reconciled = reconcile(self.root, index, since) if since is not None else 0
             self._remove_stale_locks()
         except (OSError, ValueError) as exc:
             raise StartupError(f"storage {self.root}: recovery failed: {exc}") from None
-        except Exception as exc:  # sqlite3.Error and the journal's errors
+        except Exception as exc:  # CatalogError and the journal's errors
             raise StartupError(f"index {cfg.index_path}: recovery failed: {exc}") from None
         if swept or replayed or retired or reconciled:
             log.info("recovered %s: %d temporary file(s) removed, %d record(s) replayed into the index, "
@@ -199,21 +198,21 @@ class Supervisor:
                 raise StartupError(f"metrics {cfg.metrics_host}:{cfg.metrics_port}: {exc.strerror or exc}") from None
 
     def _set_aside_corrupt_index(self) -> bool:
-        """Move an index file SQLite does not open as a database (garbage, a destroyed
-        header) to ``<index>.corrupt-<timestamp>`` so recovery rebuilds it from the
-        journals and the files on disk; True when it did. Other errors (locked,
-        unreadable, damage deeper in a valid file) are left to fail recovery with their
-        own one-line message."""
+        """Move an index file the catalog does not open as one (garbage, a destroyed
+        header: :class:`storage.CatalogCorrupt`) to ``<index>.corrupt-<timestamp>`` so
+        recovery rebuilds it from the journals and the files on disk; True when it did.
+        Other errors (locked, unreadable, damage deeper in a valid file) are left to
+        fail recovery with their own one-line message."""
         path = self.config.index_path
         if not os.path.exists(path):
             return False
         try:
-            Index(path).close()
+            open_catalog(path).close()
             return False
-        except sqlite3.OperationalError:
-            return False
-        except sqlite3.DatabaseError as exc:
+        except CatalogCorrupt as exc:
             reason = exc
+        except CatalogError:
+            return False
         aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
         os.replace(path, aside)
         for suffix in ("-wal", "-shm"):
@@ -525,7 +524,7 @@ class Supervisor:
     def _crash_cleanup(self, live: list[int], died: float) -> None:
         try:
             removed = sweep_orphan_temp(self.root, live, died)
-            with Index(self.config.index_path) as index:
+            with open_catalog(self.config.index_path) as index:
                 count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died)
         except Exception as exc:  # the next start reconciles again
             log.warning("cleaning up after the dead worker failed: %s", exc)
@@ -629,7 +628,7 @@ class Supervisor:
                 self._send(indexer, Stop())
         await self._wait(indexers, _INDEXER_STOP_S)
         try:
-            with Index(cfg.index_path) as index:
+            with open_catalog(cfg.index_path) as index:
                 replayed = replay(self.root, index)
                 retire(self.root, index, ())
                 if self._unclean_since is not None:

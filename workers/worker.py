@@ -7,15 +7,16 @@ has a certificate. Admission is node-wide: :meth:`Worker._admit` takes a slot in
 shared :class:`~workers.ipc.SharedSlots` (refusing with A-ASSOCIATE-RJ 2/3/2 at the
 limit) and the slot is given back when the association's connection closes.
 
-Each C-STORE streams into a :class:`_StoreSink`: ``storage.InstanceWriter.begin`` on the
-command, one ``write`` (a plain ``os.write`` of the engine's view, plus the writer's
-digest and metadata scan) per fragment, and in ``finish`` the per-worker
-``storage.Publisher`` makes it durable off the loop and appends its record to this
-worker's journal segment. The journal is tapped (:class:`_TappedJournal`): every append
-is forwarded, in file order, to the indexer as an :class:`~workers.ipc.IndexBatch` on
-the index-queue stream. The C-STORE-RSP waits until that queue has room, so a slow
-indexer slows the peers instead of growing memory. If the indexer is gone the batches
-are dropped: the journal holds them and the next indexer catches up from it.
+Each C-STORE streams into a :class:`_StoreSink` over one upload of the worker's
+``storage.PosixInstanceStore``: ``open`` on the command, one ``write`` (a plain
+``os.write`` of the engine's view, plus the digest and metadata scan) per fragment, and
+``finish``, which makes it durable off the loop and appends its record to this worker's
+journal segment (the store locks, rotates and closes the segments). Every journal append
+is reported (``on_append``) and forwarded, in file order, to the indexer as an
+:class:`~workers.ipc.IndexBatch` on the index-queue stream. The C-STORE-RSP waits until
+that queue has room, so a slow indexer slows the peers instead of growing memory. If the
+indexer is gone the batches are dropped: the journal holds them and the next indexer
+catches up from it.
 
 Memory per association is the engine's framing buffer (about one PDU) plus one open
 file, whatever the instance size. The loop never fsyncs (the publisher's executor
@@ -23,8 +24,8 @@ does) and never blocks on the index.
 
 On Stop (or SIGTERM, or the supervisor vanishing) the worker stops taking connections,
 lets stores in flight finish, aborts idle associations, refuses new ones (2/3/2), and
-after ``drain-timeout`` aborts what is left; then it flushes the publisher and the
-queue and exits 0.
+after ``drain-timeout`` aborts what is left; then it closes the store (flushing what
+it holds, closing the journal) and the queue and exits 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
-import fcntl
 import logging
 import os
 import signal
@@ -41,23 +41,21 @@ import threading
 import time
 from typing import Any
 
-from engine import evt
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, evt
+from engine import status as dimse_status
 from engine._acse import AcceptorPolicy, rejection_description
-from engine._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.aio import AssociationServer, ServerConfig, ServiceRegistry, new_event_loop
 from engine.dimse import C_ECHO_RQ, C_STORE_RQ
 from engine.presentation import PresentationContext
 from engine.sop_class import STORAGE_SOP_CLASSES, VerificationSOPClass
 from storage import (
-    STATUS_OUT_OF_RESOURCES,
     InstanceRecord,
-    InstanceWriter,
-    JournalWriter,
-    Publisher,
+    PosixInstanceStore,
+    Refusal,
     StorageConfig,
     StoreRefused,
-    journal_dir,
-    segment_name,
+    Upload,
+    UploadRequest,
 )
 
 from .config import ae_title_bytes, allowed_networks, ssl_context
@@ -78,7 +76,7 @@ from .ipc import (
     unsent_bytes,
 )
 
-__all__ = ["main", "Worker", "supported_contexts", "TRANSFER_SYNTAXES"]
+__all__ = ["main", "Worker", "supported_contexts", "refusal_status", "TRANSFER_SYNTAXES"]
 
 log = logging.getLogger("scpfleet.worker")
 
@@ -131,41 +129,30 @@ _DRAIN_POLL_S = 0.1
 _PUBLISH_THREADS = 8
 
 
-class _TappedJournal(JournalWriter):
-    """A journal segment that reports each append, in file order, to ``tap``.
+#: Duplicate refused (policy ``reject``). The Storage Service Class has no code for it;
+#: Cannot understand (Cxxx) is the failure range whose low bits are ours to define, and
+#: 0x111 echoes PS3.7 C.4's "Duplicate SOP Instance" (0111), which C-STORE may not use.
+_STATUS_DUPLICATE_REFUSED = 0xC111
 
-    ``tap(start, end, records)`` is called under a lock held across the append, so
-    reports leave in the order their frames sit in the file, whichever publisher
-    thread appended them.
-    """
-
-    def __init__(self, root: str, name: str, tap: Any) -> None:
-        super().__init__(root, name)
-        self._tap = tap
-        self._order = threading.Lock()
-
-    def append_many(self, records: Any) -> int:
-        records = list(records)
-        with self._order:
-            start = self.offset
-            end = super().append_many(records)
-            self._tap(start, end, records)
-        return end
+#: The C-STORE status answering each storage refusal (PS3.4 Table B.2-1 and the general
+#: statuses PS3.7 9.1.1.1.9 allows): A7xx out of resources (disk full, I/O error);
+#: A9xx data set does not match (its UIDs contradict the command, or Study/Series
+#: Instance UID missing or not a UID); Cxxx cannot understand (not readable far enough
+#: to find them); 0117 invalid SOP instance and 0122 SOP class not supported (the
+#: command's UIDs are not UIDs).
+_REFUSAL_STATUS = {
+    Refusal.OUT_OF_RESOURCES: dimse_status.REFUSED_OUT_OF_RESOURCES,
+    Refusal.DATASET_MISMATCH: dimse_status.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    Refusal.UNREADABLE: dimse_status.ERROR_CANNOT_UNDERSTAND,
+    Refusal.INVALID_INSTANCE_UID: dimse_status.INVALID_OBJECT_INSTANCE,
+    Refusal.INVALID_SOP_CLASS_UID: dimse_status.REFUSED_SOP_CLASS_NOT_SUPPORTED,
+    Refusal.DUPLICATE: _STATUS_DUPLICATE_REFUSED,
+}
 
 
-class _Segment:
-    """One journal segment of this worker: its lock, its tapped writer, the publisher
-    appending to it, and the stores publishing through it right now."""
-
-    __slots__ = ("name", "lock_fd", "journal", "publisher", "inflight", "retiring")
-
-    def __init__(self, name: str, lock_fd: int, journal: _TappedJournal, publisher: Publisher) -> None:
-        self.name = name
-        self.lock_fd = lock_fd
-        self.journal = journal
-        self.publisher = publisher
-        self.inflight = 0
-        self.retiring = False
+def refusal_status(kind: Refusal) -> int:
+    """The C-STORE status that answers a store refused for ``kind``."""
+    return _REFUSAL_STATUS[kind]
 
 
 class _AssocInfo:
@@ -198,51 +185,44 @@ def _ae(title: bytes | None) -> str:
 class _StoreSink:
     """One C-STORE's data set on its way to disk (an engine.services.Operation)."""
 
-    __slots__ = ("worker", "info", "writer", "refused", "started")
+    __slots__ = ("worker", "info", "sop", "upload", "refused", "started")
     holds_reading = True
 
-    def __init__(self, worker: Worker, info: _AssocInfo, writer: InstanceWriter) -> None:
+    def __init__(self, worker: Worker, info: _AssocInfo, sop: str, upload: Upload) -> None:
         self.worker = worker
         self.info = info
-        self.writer = writer
+        self.sop = sop
+        self.upload = upload
         self.refused: StoreRefused | None = None
         self.started = time.monotonic()
 
     def write(self, data: memoryview) -> None:
         if self.refused is None:
             try:
-                self.writer.write(data)
-            except StoreRefused as exc:  # the writer has already unlinked its file
+                self.upload.write(data)
+            except StoreRefused as exc:  # the upload has already left no trace
                 self.refused = exc
 
     async def finish(self) -> int | tuple[int, str | None]:
         worker = self.worker
         info = self.info
-        segment = worker.segment
-        segment.inflight += 1
         try:
             if self.refused is not None:
                 raise self.refused
-            await segment.publisher.publish(self.writer)
+            done = self.upload.finish()
+            if not isinstance(done, InstanceRecord):
+                await done
         except StoreRefused as exc:
             info.in_store = False
-            return worker.store_failed(info, self.writer, exc.status, exc.reason)
-        except OSError as exc:  # anything the writer did not already translate
-            self.writer.abort()
-            info.in_store = False
-            return worker.store_failed(info, self.writer, STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
-        finally:
-            segment.inflight -= 1
-            if segment.retiring and not segment.inflight:
-                worker.close_segment(segment)
+            return worker.store_failed(info, self.sop, exc)
         if worker.queue_full:
             await worker.queue_space()
         info.in_store = False
-        worker.store_done(info, self.writer.size, time.monotonic() - self.started)
+        worker.store_done(info, self.upload.size, time.monotonic() - self.started)
         return 0x0000
 
     def abort(self) -> None:
-        self.writer.abort()
+        self.upload.abort()
         self.info.in_store = False
 
 
@@ -288,7 +268,13 @@ class Worker:
         self.loop = new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.slots = SharedSlots(spec.shm_fd, spec.workers)
-        self.storage = StorageConfig(root=cfg.storage, durability=cfg.durability, duplicate_policy=cfg.duplicates)
+        self.storage = StorageConfig(
+            root=cfg.storage,
+            durability=cfg.durability,
+            duplicate_policy=cfg.duplicates,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
         self.called_ae = cfg.aet
         self.limit = cfg.max_associations
         self.draining = False
@@ -312,14 +298,18 @@ class Worker:
         self.channel: socket.socket | None = None
         self._loop_thread = threading.get_ident()
         self.executor = concurrent.futures.ThreadPoolExecutor(_PUBLISH_THREADS, thread_name_prefix="publish")
-        self.segment = self._open_segment()
-        self.retiring: list[_Segment] = []
+        self.store = PosixInstanceStore(
+            self.storage, self.loop, self.executor,
+            segment_label=f"w{self.k}", segment_bytes=cfg.journal_segment_bytes,
+            on_append=self._tap, on_rotate=self._rotated,
+        )
+        self.segment = self.store.segment_name or ""
         policy = AcceptorPolicy(
             ae_title=ae_title_bytes(cfg.aet, "aet").ljust(16, b" "),
             supported_contexts=supported_contexts(),
             maximum_pdu_size=cfg.max_pdu,
-            implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME.decode("ascii"),
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             require_called_aet=cfg.require_called_aet,
             require_calling_aet=tuple(ae_title_bytes(t, "require-calling-aet") for t in cfg.require_calling_aet),
         )
@@ -350,40 +340,15 @@ class Worker:
 
     # -- journal ----------------------------------------------------------------------
 
-    def _open_segment(self) -> _Segment:
-        """Lock ``<segment>.lock`` first, then create the segment: an indexer finding a
-        segment whose lock it can take knows its writer is gone (see workers/__init__)."""
-        root = self.config.storage
-        name = segment_name(os.getpid(), time.time_ns(), f"w{self.k}")
-        directory = journal_dir(root)
-        os.makedirs(directory, exist_ok=True)
-        lock_fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        journal = _TappedJournal(root, name, lambda start, end, records: self._tap(name, start, end, records))
-        publisher = Publisher(self.storage, self.loop, journal=journal, executor=self.executor)
-        return _Segment(name, lock_fd, journal, publisher)
-
-    def _rotate(self) -> None:
-        """Start a new segment; the old one closes (and its lock is released, so its
-        indexer finishes and deletes it) once the stores publishing into it are done."""
-        old = self.segment
-        self.segment = self._open_segment()
+    def _rotated(self, name: str) -> None:
+        """The store continues in segment ``name`` (the old one was full); it closes the
+        old one, releasing its lock so its indexer finishes and deletes it, once the
+        stores publishing into it are done."""
+        old, self.segment = self.segment, name
         queue = self.queue
         if queue is not None and queue.transport is not None and not queue.transport.is_closing():
-            queue.transport.write(encode_frame(IndexHello(self.segment.name)))
-        old.retiring = True
-        self.retiring.append(old)
-        if not old.inflight:
-            self.close_segment(old)
-        log.info("journal segment %s full, continuing in %s", old.name, self.segment.name)
-
-    def close_segment(self, segment: _Segment) -> None:
-        segment.journal.close()
-        if segment.lock_fd >= 0:
-            os.close(segment.lock_fd)
-            segment.lock_fd = -1
-        if segment in self.retiring:
-            self.retiring.remove(segment)
+            queue.transport.write(encode_frame(IndexHello(name)))
+        log.info("journal segment %s full, continuing in %s", old, name)
 
     def _tap(self, name: str, start: int, end: int, records: list[InstanceRecord]) -> None:
         # In a publisher thread: hop to the loop (FIFO keeps the order). Inline under
@@ -398,8 +363,6 @@ class Worker:
         if queue is not None and queue.transport is not None and not queue.transport.is_closing():
             queue.transport.write(encode_frame(IndexBatch(name, start, end, records)))
         # else no indexer: the journal has it, the next indexer catches up
-        if end >= self.config.journal_segment_bytes and name == self.segment.name and not self.draining:
-            self._rotate()
 
     # -- index queue ----------------------------------------------------------------------
 
@@ -417,7 +380,7 @@ class Worker:
         self.queue = protocol
         # Hello first: the indexer catches up on this segment from the journal, which
         # covers whatever an earlier, lost stream carried.
-        transport.write(encode_frame(IndexHello(self.segment.name)))
+        transport.write(encode_frame(IndexHello(self.segment)))
 
     def _queue_paused(self, protocol: _QueueProtocol) -> None:
         if protocol is self.queue:
@@ -554,22 +517,21 @@ class Worker:
         if self.draining:
             # Stopping: the stores in flight finish, new ones are not started.
             self.loop.call_soon(assoc.abort)
-            return (STATUS_OUT_OF_RESOURCES, "the node is shutting down")
+            return (dimse_status.REFUSED_OUT_OF_RESOURCES, "the node is shutting down")
         cmd = request.command
-        writer = InstanceWriter(
-            self.storage,
-            cmd.affected_sop_class_uid,
-            cmd.affected_sop_instance_uid,
-            request.transfer_syntax,
-            info.calling,
-            self.called_ae,
-        )
+        sop = cmd.affected_sop_instance_uid
         try:
-            writer.begin()
+            upload = self.store.open(UploadRequest(
+                sop_class_uid=cmd.affected_sop_class_uid,
+                sop_instance_uid=sop,
+                transfer_syntax_uid=request.transfer_syntax,
+                calling_ae=info.calling,
+                called_ae=self.called_ae,
+            ))
         except StoreRefused as exc:
-            return self.store_failed(info, writer, exc.status, exc.reason)
+            return self.store_failed(info, sop, exc)
         info.in_store = True
-        return _StoreSink(self, info, writer)
+        return _StoreSink(self, info, sop, upload)
 
     def store_done(self, info: _AssocInfo, size: int, seconds: float) -> None:
         info.instances += 1
@@ -579,11 +541,12 @@ class Worker:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def store_failed(self, info: _AssocInfo, writer: InstanceWriter, status: int, reason: str) -> tuple[int, str]:
+    def store_failed(self, info: _AssocInfo, sop: str, refused: StoreRefused) -> tuple[int, str]:
         info.failed += 1
         self.failures += 1
+        status, reason = refusal_status(refused.kind), refused.reason
         log.warning("store refused: peer=%s calling=%s sop=%s status=0x%04X: %s",
-                    info.peer, info.calling, writer.sop_instance_uid, status, reason)
+                    info.peer, info.calling, sop, status, reason)
         # Error Comment (0000,0902) is LO: at most 64 printable characters (PS3.7 C.4).
         comment = "".join(c if " " <= c <= "~" else "?" for c in reason)[:_ERROR_COMMENT_MAX]
         return status, comment
@@ -645,7 +608,7 @@ class Worker:
         stats = WorkerStats(
             instances=self.instances, bytes=self.bytes, failures=self.failures,
             associations=self.associations, rejected=self.rejected,
-            active=len(self.server.active), queue_bytes=self._queue_bytes(), segment=self.segment.name,
+            active=len(self.server.active), queue_bytes=self._queue_bytes(), segment=self.segment,
             latency_counts=list(self.latency_counts), latency_sum=self.latency_sum,
         )
         try:
@@ -676,8 +639,8 @@ class Worker:
             await self._attach_queue(socket.socket(fileno=self.spec.stream_fd))
         if self.spec.channel_fd >= 0:
             self._attach_channel(socket.socket(fileno=self.spec.channel_fd))
-        send_control(self.ctl, Ready(os.getpid(), self.segment.name))
-        log.info("worker %d serving (journal %s, durability %s)", self.k, self.segment.name, self.config.durability)
+        send_control(self.ctl, Ready(os.getpid(), self.segment))
+        log.info("worker %d serving (journal %s, durability %s)", self.k, self.segment, self.config.durability)
         stats = loop.create_task(self._stats_loop())
         await self.stopped.wait()
         await self._drain()
@@ -700,15 +663,13 @@ class Worker:
         idle_killer = self.loop.create_task(self._abort_idle())
         await self.server.close(self.config.drain_timeout)
         idle_killer.cancel()
-        for segment in (*self.retiring, self.segment):
-            await segment.publisher.aclose()
+        # Waits for the publications under way, commits, closes the journal segments.
+        await self.store.aclose()
         self.executor.shutdown(wait=True)
         # Tap callbacks scheduled by the last appends run before the queue closes.
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         await self._close_queue()
-        for segment in (*self.retiring, self.segment):
-            self.close_segment(segment)
 
     async def _abort_idle(self) -> None:
         while True:

@@ -6,8 +6,8 @@ node (``python -m workers.cli serve`` in its own process group, ``--port 0`` and
 ``--ready-file``), used when its ``serve --help`` offers the flags below. Until it does,
 or when ``SCPFLEET_HARDENING_TARGET=engine``, the target is the engine itself: an
 ``engine.aio.AssociationServer`` on a uvloop loop in a background thread, storing through
-``storage.InstanceWriter`` + ``storage.Publisher`` (durability ``none``) exactly as a
-worker does. ``SCPFLEET_HARDENING_TARGET=node`` insists on the real node.
+a ``storage.PosixInstanceStore`` (durability ``none``, no journal) as a worker does, and
+answering a refusal with the worker's status for it (``workers.worker.refusal_status``). ``SCPFLEET_HARDENING_TARGET=node`` insists on the real node.
 
 A target offers what every case checks afterwards: :meth:`Target.assert_still_serving`
 (a real association, C-ECHO and C-STORE through ``engine.aio``),
@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from engine import aio, build_context
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, aio, build_context
 from engine._handlers import EchoHandler
 from engine.dimse import C_ECHO_RQ, C_STORE_RQ
 from engine.services import Request, ServiceRegistry
@@ -55,9 +55,18 @@ from engine._acse import AcceptorPolicy
 from engine._pdu import AAssociateAC, decode_pdu
 from engine.presentation import StoragePresentationContexts
 from engine.sop_class import Verification
-from storage import InstanceWriter, Publisher, StorageConfig, StoreRefused, is_valid_uid
+from storage import (
+    InstanceRecord,
+    PosixInstanceStore,
+    StorageConfig,
+    StoreRefused,
+    Upload,
+    UploadRequest,
+    is_valid_uid,
+)
 from tests.dicomdata import make_dataset
 from tests.fuzz import wire
+from workers.worker import refusal_status
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -449,8 +458,8 @@ def server_ssl_context(cert: str, key: str, ca: str | None) -> ssl.SSLContext:
 
 
 class EngineTarget(Target):
-    """``engine.aio.AssociationServer`` on a uvloop loop in a daemon thread, storing with
-    ``storage.InstanceWriter`` + ``storage.Publisher`` like a worker (durability none)."""
+    """``engine.aio.AssociationServer`` on a uvloop loop in a daemon thread, storing in a
+    ``storage.PosixInstanceStore`` like a worker (durability none, no journal)."""
 
     kind = "engine"
 
@@ -472,10 +481,15 @@ class EngineTarget(Target):
         self.max_associations = max_associations
         self.ssl_context = ssl_context if tls is None else server_ssl_context(*tls)
         self.allowed_networks = allowed_networks
-        self.storage = StorageConfig(root=str(self.root), durability="none")
+        self.storage = StorageConfig(
+            root=str(self.root),
+            durability="none",
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: aio.AssociationServer | None = None
-        self._publisher: Publisher | None = None
+        self._store: PosixInstanceStore | None = None
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -533,32 +547,30 @@ class EngineTarget(Target):
             .add(_SinkProvider(self._open_sink), [C_STORE_RQ]),
             **options,
         )
-        self._publisher = Publisher(self.storage, loop)
+        self._store = PosixInstanceStore(self.storage, loop)
         self.server = aio.AssociationServer(config, loop=loop)
         _, self.port = await self.server.start(HOST, 0)
         self._stop_event = asyncio.Event()
         self._ready.set()
         await self._stop_event.wait()
         await self.server.close(grace=2.0)
-        await self._publisher.aclose()
+        await self._store.aclose()
 
     def _open_sink(self, assoc: aio.Association, request: Request) -> Any:
         cmd = request.command
         calling = assoc.requestor.ae_title.decode("latin-1").strip()
-        writer = InstanceWriter(
-            self.storage,
-            cmd.affected_sop_class_uid,
-            cmd.affected_sop_instance_uid,
-            request.transfer_syntax,
-            calling,
-            self.ae_title.decode("ascii"),
-        )
+        assert self._store is not None
         try:
-            writer.begin()
+            upload = self._store.open(UploadRequest(
+                sop_class_uid=cmd.affected_sop_class_uid,
+                sop_instance_uid=cmd.affected_sop_instance_uid,
+                transfer_syntax_uid=request.transfer_syntax,
+                calling_ae=calling,
+                called_ae=self.ae_title.decode("ascii"),
+            ))
         except StoreRefused as exc:
-            return exc.status, exc.reason
-        assert self._publisher is not None
-        return _WriterSink(writer, self._publisher)
+            return refusal_status(exc.kind), exc.reason
+        return _UploadSink(upload)
 
     def stop(self) -> None:
         loop, event = self.loop, self._stop_event
@@ -648,35 +660,36 @@ class _SinkProvider:
         return self.open(request.association, request)
 
 
-class _WriterSink:
-    """A C-STORE operation over an InstanceWriter, as workers/worker.py's _StoreSink."""
+class _UploadSink:
+    """A C-STORE operation over an upload, as workers/worker.py's _StoreSink."""
 
-    __slots__ = ("writer", "publisher", "refused")
+    __slots__ = ("upload", "refused")
     holds_reading = True
 
-    def __init__(self, writer: InstanceWriter, publisher: Publisher) -> None:
-        self.writer = writer
-        self.publisher = publisher
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
         self.refused: StoreRefused | None = None
 
     def write(self, data: memoryview) -> None:
         if self.refused is None:
             try:
-                self.writer.write(data)
-            except StoreRefused as exc:  # the writer already unlinked its file
+                self.upload.write(data)
+            except StoreRefused as exc:  # the upload already left no trace
                 self.refused = exc
 
     async def finish(self) -> int | tuple[int, str]:
         try:
             if self.refused is not None:
                 raise self.refused
-            await self.publisher.publish(self.writer)
+            done = self.upload.finish()
+            if not isinstance(done, InstanceRecord):
+                await done
         except StoreRefused as exc:
-            return exc.status, exc.reason
+            return refusal_status(exc.kind), exc.reason
         return 0x0000
 
     def abort(self) -> None:
-        self.writer.abort()
+        self.upload.abort()
 
 
 # ----------------------------------------------------------------------------- real node

@@ -1,9 +1,12 @@
-"""Helpers shared by the storage tests: data set byte streams as a C-STORE carries them.
+"""Helpers shared by the storage tests: data set byte streams as a C-STORE carries them,
+storage configurations and records.
 
 Theory of operation: the storage layer receives a data set without File Meta, encoded
 in the negotiated transfer syntax. These helpers get exactly those bytes from pydicom
 (a Part 10 write, minus the preamble and group 0002), and split them into fragments the
-way the network would. Nothing here touches the storage package's files.
+way the network would. :func:`make_config` builds a :class:`storage.StorageConfig`
+with the product identity the node passes (the engine's), :func:`record` a plausible
+:class:`storage.InstanceRecord`. Nothing here touches the storage package's files.
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ import random
 import struct
 import zlib
 
+from pathlib import Path
+from typing import Any
+
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storage import InstanceRecord, StorageConfig
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -78,3 +87,35 @@ def fragments(data: bytes, sizes: list[int] | None = None, seed: int | None = No
         out.append(view[pos : pos + n])
         pos += n
     return out
+
+
+def make_config(root: str | Path, **overrides: Any) -> StorageConfig:
+    """A storage configuration of ``root`` carrying the node's identity."""
+    return StorageConfig(
+        root=str(root),
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        **overrides,
+    )
+
+
+def record(n: int, *, study: int = 0, series: int = 0, patient: str | None = "P1", size: int = 100) -> InstanceRecord:
+    """Instance ``1.2.3.<n>`` of series ``1.2.4.<study>.<series>``."""
+    return InstanceRecord(
+        sop_instance_uid=f"1.2.3.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        study_instance_uid=f"1.2.4.{study}",
+        series_instance_uid=f"1.2.4.{study}.{series}",
+        patient_id=patient,
+        patient_name="Doe^Jane" if patient else None,
+        modality="CT",
+        study_date="20240102",
+        instance_number=str(n),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"1.2.4.{study}/1.2.4.{study}.{series}/1.2.3.{n}.dcm",
+        size=size,
+        sha256="ab" * 32,
+        calling_ae="MODALITY",
+        called_ae="ARCHIVE",
+        received_at=1_700_000_000.0 + n,
+    )

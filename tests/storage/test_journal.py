@@ -1,22 +1,80 @@
-"""Journal: frames round-trip, torn tails are ignored, replay is exactly-once, retirement
-spares live and unindexed segments, and a failed append never strands later frames."""
+"""Journal: frames round-trip, torn tails are ignored, appends are reported in file
+order, replay into a catalog is exactly-once, retirement spares live and unindexed
+segments, and a failed append never strands later frames."""
 
 from __future__ import annotations
 
 import errno
 import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
 
-from storage import Index, JournalError, JournalReader, JournalWriter, journal_dir, replay, retire, segment_name
-from tests.storage.test_index import record
+from storage import (
+    JournalError,
+    JournalReader,
+    JournalWriter,
+    SqliteCatalog,
+    journal_dir,
+    replay,
+    retire,
+    segment_lock_path,
+    segment_name,
+    segment_path,
+)
+from tests.storage import record
 
 
-def test_segment_names_are_unique_per_writer_life() -> None:
+def test_segment_names_are_unique_per_writer_life(tmp_path: Path) -> None:
     assert segment_name(123, 456) == "worker-123-456"
     assert segment_name(123, 457, "w") != segment_name(123, 456, "w")
+    assert segment_path(tmp_path, "w0-1-2") == os.path.join(journal_dir(tmp_path), "w0-1-2.log")
+    assert segment_lock_path(tmp_path, "w0-1-2") == os.path.join(journal_dir(tmp_path), "w0-1-2.lock")
+    writer = JournalWriter(tmp_path, "w0-1-2")
+    assert writer.path == segment_path(tmp_path, "w0-1-2")
+    writer.close()
+
+
+def test_appends_are_reported_in_file_order(tmp_path: Path) -> None:
+    """Four threads append concurrently: every report starts where the previous ended,
+    and the reports, in order, are the file's records."""
+    reports = []
+    journal = JournalWriter(tmp_path, "w0-1-1", lambda s, e, recs: reports.append((s, e, recs)))
+
+    def append(base: int) -> None:
+        for i in range(50):
+            journal.append_many(iter([record(base + i)]))  # any iterable
+
+    threads = [threading.Thread(target=append, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    journal.close()
+    offset = 0
+    for start, end, recs in reports:
+        assert start == offset and isinstance(recs, list)
+        offset = end
+    assert offset == os.path.getsize(journal.path)
+    on_disk = [r for r, _ in JournalReader(journal.path).read_from(0)]
+    assert on_disk == [r for _, _, recs in reports for r in recs] and len(on_disk) == 200
+
+
+def test_a_failed_append_is_not_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reports = []
+    journal = JournalWriter(tmp_path, "w0-1-1", lambda s, e, recs: reports.append((s, e)))
+
+    def enospc(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", enospc)
+    with pytest.raises(OSError):
+        journal.append_many([record(1)])
+    monkeypatch.undo()
+    end = journal.append_many([record(2)])
+    assert reports == [(0, end)]
 
 
 def test_round_trip_and_offsets(tmp_path: Path) -> None:
@@ -75,7 +133,7 @@ def test_replay_is_exactly_once(tmp_path: Path) -> None:
     writer.append_many([record(n) for n in range(7)])
     other = JournalWriter(tmp_path, "w-2-1")
     other.append_many([record(100)])
-    with Index(tmp_path / "index.sqlite") as index:
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
         assert replay(tmp_path, index, batch=3) == 8
         assert index.count() == 8
         assert replay(tmp_path, index) == 0  # nothing new: no duplicate work
@@ -83,31 +141,31 @@ def test_replay_is_exactly_once(tmp_path: Path) -> None:
         writer.append_many([record(7), record(3)])  # a new record and a re-store of 3
         assert replay(tmp_path, index) == 2
         assert index.count() == 9
-        rows = index._db.execute("SELECT sop_instance_uid FROM instances ORDER BY 1").fetchall()
+        rows = list(index.find({}))
         assert replay(tmp_path, index) == 0
-        assert index._db.execute("SELECT sop_instance_uid FROM instances ORDER BY 1").fetchall() == rows
+        assert list(index.find({})) == rows
 
 
 def test_replay_after_crash_between_batches(tmp_path: Path) -> None:
     """A crash after the first batch's commit: the second replay resumes at its offset."""
     writer = JournalWriter(tmp_path, "w-1-1")
     writer.append_many([record(n) for n in range(5)])
-    with Index(tmp_path / "index.sqlite") as index:
-        real = index.insert_batch
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
+        real = index.apply
         calls = 0
 
-        def crash_on_second(records, progress=None):
+        def crash_on_second(records, progress):
             nonlocal calls
             calls += 1
             if calls == 2:
                 raise KeyboardInterrupt("crash")
             real(records, progress)
 
-        index.insert_batch = crash_on_second  # type: ignore[method-assign]
+        index.apply = crash_on_second  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             replay(tmp_path, index, batch=2)
         assert index.count() == 2
-        index.insert_batch = real  # type: ignore[method-assign]
+        index.apply = real  # type: ignore[method-assign]
         assert replay(tmp_path, index, batch=2) == 3
         assert index.count() == 5
 
@@ -119,7 +177,7 @@ def test_replay_stops_at_torn_tail_then_continues_when_completed(tmp_path: Path)
     writer.append_many([record(2)])
     full = Path(writer.path).read_bytes()
     Path(writer.path).write_bytes(full[: frame_end + 5])  # the live writer is mid-frame
-    with Index(tmp_path / "index.sqlite") as index:
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
         assert replay(tmp_path, index) == 1
         Path(writer.path).write_bytes(full)  # the frame completes
         assert replay(tmp_path, index) == 1
@@ -139,7 +197,7 @@ def test_retire_only_dead_fully_indexed_segments(tmp_path: Path) -> None:
     torn.close()
     with open(torn.path, "ab") as fp:
         fp.write(b"\x40\x00\x00")  # the crashed writer's torn frame
-    with Index(tmp_path / "index.sqlite") as index:
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
         replay(tmp_path, index)
         with open(unindexed.path, "ab") as fp:  # appears after the replay: not yet indexed
             fp.write(open(dead.path, "rb").read())

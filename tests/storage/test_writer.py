@@ -1,6 +1,7 @@
 """InstanceWriter and Publisher: paths only from valid UIDs, every durability publishes a
-readable, byte-identical Part 10 file, batches group their syncs, duplicates follow the
-policy, and every failure answers a status and leaves nothing behind."""
+readable, byte-identical Part 10 file carrying the configured identity, batches group
+their syncs, duplicates follow the policy, and every failure is refused with its kind
+and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -19,20 +20,16 @@ import msgspec
 import pydicom
 import pytest
 
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_DUPLICATE_REFUSED,
-    STATUS_INVALID_INSTANCE,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_SOP_CLASS_NOT_SUPPORTED,
     TEMP_DIR,
-    Index,
     InstanceRecord,
     InstanceWriter,
     JournalReader,
     JournalWriter,
     Publisher,
+    Refusal,
+    SqliteCatalog,
     StorageConfig,
     StoreRefused,
     WriterStateError,
@@ -42,7 +39,7 @@ from storage import (
     replay,
     sweep_temp,
 )
-from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments
+from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments, make_config
 from tests.storage.test_meta import EXPECTED, tricky_dataset
 
 # Some tests put invalid UIDs in data sets on purpose; pydicom warns when it writes them.
@@ -127,19 +124,28 @@ def test_invalid_uids(uid: object) -> None:
 
 def test_config_validation_and_decoding() -> None:
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", durability="sometimes")  # type: ignore[arg-type]
+        make_config("/x", durability="sometimes")
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", duplicate_policy="merge")  # type: ignore[arg-type]
+        make_config("/x", duplicate_policy="merge")
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", implementation_class_uid="not.a.uid")
+        make_config("/x", batch_max=0)
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", implementation_version_name="x" * 17)
+        StorageConfig(root="/x", implementation_class_uid="not.a.uid", implementation_version_name="X")
     with pytest.raises(ValueError):
-        StorageConfig(root="/x", batch_max=0)
-    config = msgspec.convert({"root": "/srv", "durability": "batch", "batch_window_ms": 5}, StorageConfig)
+        StorageConfig(root="/x", implementation_class_uid="1.2.3", implementation_version_name="x" * 17)
+    identity = {"implementation_class_uid": "1.2.3", "implementation_version_name": "X"}
+    config = msgspec.convert({"root": "/srv", "durability": "batch", "batch_window_ms": 5, **identity}, StorageConfig)
     assert config.durability == "batch" and config.batch_window_ms == 5.0
     with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({"root": "/srv", "durability": "maybe"}, StorageConfig)
+        msgspec.convert({"root": "/srv", "durability": "maybe", **identity}, StorageConfig)
+
+
+def test_storage_has_no_identity_of_its_own() -> None:
+    """The Implementation Class UID and Version Name are required: storage defines none."""
+    with pytest.raises(TypeError):
+        StorageConfig(root="/x")  # type: ignore[call-arg]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"root": "/srv"}, StorageConfig)
 
 
 # ------------------------------------------------------------------------------ publishing
@@ -155,6 +161,8 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
     assert record.size == len(raw)
     assert record.sha256 == hashlib.sha256(data).hexdigest()
     assert meta.transfer_syntax_uid == ts
+    assert meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID  # the one the node advertises
+    assert meta.implementation_version_name == IMPLEMENTATION_VERSION_NAME
     assert meta.source_ae_title == "MODALITY" and meta.receiving_ae_title == "ARCHIVE"
     read = pydicom.dcmread(path)
     assert read.file_meta.MediaStorageSOPInstanceUID == record.sop_instance_uid
@@ -175,7 +183,7 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
 
 @pytest.mark.parametrize("ts", ALL_SYNTAXES)
 def test_publish_now_every_transfer_syntax(tmp_path: Path, ts: str) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     data = encode(dataset(), ts)
     writer = stream(make_writer(config, EXPECTED.sop_instance_uid or "", ts), data)
     record = publish_now(writer)
@@ -185,7 +193,7 @@ def test_publish_now_every_transfer_syntax(tmp_path: Path, ts: str) -> None:
 
 @pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
 def test_publisher_every_durability_with_journal(tmp_path: Path, durability: str) -> None:
-    config = StorageConfig(root=str(tmp_path), durability=durability, batch_window_ms=1)  # type: ignore[arg-type]
+    config = make_config(tmp_path, durability=durability, batch_window_ms=1)  # type: ignore[arg-type]
     journal = JournalWriter(tmp_path, "w-1-1")
     uids = [f"1.2.826.0.1.3680043.8.498.{900 + i}" for i in range(5)]
     payloads = {uid: encode(dataset(uid), EXPLICIT) for uid in uids}
@@ -202,7 +210,7 @@ def test_publisher_every_durability_with_journal(tmp_path: Path, durability: str
     for record in records:
         _check_published(tmp_path, record, payloads[record.sop_instance_uid], EXPLICIT)
     assert [r for r, _ in JournalReader(journal.path).read_from()] == records
-    with Index(tmp_path / "index.sqlite") as index:
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
         assert replay(tmp_path, index) == 5
         assert index.get(uids[0]) == records[0]
     assert leftovers(tmp_path)[0] == []
@@ -231,7 +239,7 @@ class SyncCounter:
 
 
 def _publish_concurrently(tmp_path: Path, durability: str, count: int) -> tuple[Publisher, list[InstanceRecord]]:
-    config = StorageConfig(root=str(tmp_path), durability=durability, batch_window_ms=50)  # type: ignore[arg-type]
+    config = make_config(tmp_path, durability=durability, batch_window_ms=50)  # type: ignore[arg-type]
     journal = JournalWriter(tmp_path, f"w-{durability}")
 
     async def one(publisher: Publisher, uid: str) -> InstanceRecord:
@@ -270,7 +278,7 @@ def test_batch_groups_concurrent_publishes(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path), durability="batch", batch_window_ms=60_000, batch_max=3)
+    config = make_config(tmp_path, durability="batch", batch_window_ms=60_000, batch_max=3)
 
     async def main() -> Publisher:
         publisher = Publisher(config)
@@ -283,7 +291,7 @@ def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
 
 
 def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path), durability="batch", batch_window_ms=20, duplicate_policy="reject")
+    config = make_config(tmp_path, durability="batch", batch_window_ms=20, duplicate_policy="reject")
 
     async def main() -> list[object]:
         publisher = Publisher(config)
@@ -294,7 +302,7 @@ def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
 
     a, b, c = asyncio.run(main())
     assert isinstance(a, InstanceRecord) and isinstance(c, InstanceRecord)
-    assert isinstance(b, StoreRefused) and b.status == STATUS_DUPLICATE_REFUSED
+    assert isinstance(b, StoreRefused) and b.kind == Refusal.DUPLICATE
     assert leftovers(tmp_path) == ([], sorted([a.path, c.path]))
 
 
@@ -303,7 +311,7 @@ def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("policy", ["overwrite", "keep", "reject"])
 def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
-    config = StorageConfig(root=str(tmp_path), duplicate_policy=policy)  # type: ignore[arg-type]
+    config = make_config(tmp_path, duplicate_policy=policy)  # type: ignore[arg-type]
     first = encode(dataset(PatientID="FIRST"), EXPLICIT)
     second = encode(dataset(PatientID="SECOND"), EXPLICIT)
     record = publish_now(stream(make_writer(config, EXPECTED.sop_instance_uid or ""), first))
@@ -311,7 +319,7 @@ def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
     if policy == "reject":
         with pytest.raises(StoreRefused) as refused:
             publish_now(again)
-        assert refused.value.status == STATUS_DUPLICATE_REFUSED
+        assert refused.value.kind == Refusal.DUPLICATE
     else:
         publish_now(again)
         assert again.duplicate == (policy == "keep")
@@ -322,7 +330,7 @@ def test_duplicate_policies(tmp_path: Path, policy: str) -> None:
 
 def test_keep_policy_race_detected_at_link(tmp_path: Path) -> None:
     """Both copies pass finish() before either is linked: link(2) still refuses to clobber."""
-    config = StorageConfig(root=str(tmp_path), duplicate_policy="keep")
+    config = make_config(tmp_path, duplicate_policy="keep")
     data = encode(dataset(), EXPLICIT)
     a = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
     b = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
@@ -340,7 +348,7 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
-    config = StorageConfig(root=str(tmp_path), duplicate_policy=policy)  # type: ignore[arg-type]
+    config = make_config(tmp_path, duplicate_policy=policy)  # type: ignore[arg-type]
     data = encode(dataset(), EXPLICIT)
     a = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
     b = stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data)
@@ -350,7 +358,7 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
     if policy == "reject":
         with pytest.raises(StoreRefused) as refused:
             publish_now(b)
-        assert refused.value.status == STATUS_DUPLICATE_REFUSED
+        assert refused.value.kind == Refusal.DUPLICATE
     else:
         publish_now(b)
         assert b.duplicate
@@ -361,23 +369,23 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(
-    "sop, sop_class, ts, status",
+    "sop, sop_class, ts, kind",
     [
-        ("../../escape", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("/etc/passwd", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("1." + "2" * 80, CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("1.2.abc", CLASS, EXPLICIT, STATUS_INVALID_INSTANCE),
-        ("1.2.3", "../x", EXPLICIT, STATUS_SOP_CLASS_NOT_SUPPORTED),
-        ("1.2.3", CLASS, "not/a/uid", STATUS_CANNOT_UNDERSTAND),
+        ("../../escape", CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("/etc/passwd", CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("1." + "2" * 80, CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("1.2.abc", CLASS, EXPLICIT, Refusal.INVALID_INSTANCE_UID),
+        ("1.2.3", "../x", EXPLICIT, Refusal.INVALID_SOP_CLASS_UID),
+        ("1.2.3", CLASS, "not/a/uid", Refusal.UNREADABLE),
     ],
 )
 def test_invalid_command_uids_refused_before_any_file(
-    tmp_path: Path, sop: str, sop_class: str, ts: str, status: int
+    tmp_path: Path, sop: str, sop_class: str, ts: str, kind: Refusal
 ) -> None:
-    writer = make_writer(StorageConfig(root=str(tmp_path)), sop, ts, sop_class)
+    writer = make_writer(make_config(tmp_path), sop, ts, sop_class)
     with pytest.raises(StoreRefused) as refused:
         writer.begin()
-    assert refused.value.status == status
+    assert refused.value.kind == kind
     assert writer.temp_path is None
     with pytest.raises(StoreRefused):  # the refusal sticks
         writer.write(b"\x00\x00")
@@ -385,43 +393,43 @@ def test_invalid_command_uids_refused_before_any_file(
 
 
 @pytest.mark.parametrize(
-    "overrides, status",
+    "overrides, kind",
     [
-        ({"SOPInstanceUID": "1.2.3.999"}, STATUS_DATASET_MISMATCH),
-        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}, STATUS_DATASET_MISMATCH),
-        ({"StudyInstanceUID": "../../../tmp/evil"}, STATUS_DATASET_MISMATCH),
-        ({"StudyInstanceUID": "/abs"}, STATUS_DATASET_MISMATCH),
-        ({"SeriesInstanceUID": "1.2." + "3" * 70}, STATUS_DATASET_MISMATCH),
-        ({"SeriesInstanceUID": "1.2.x"}, STATUS_DATASET_MISMATCH),
-        ({"StudyInstanceUID": None}, STATUS_DATASET_MISMATCH),
+        ({"SOPInstanceUID": "1.2.3.999"}, Refusal.DATASET_MISMATCH),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"}, Refusal.DATASET_MISMATCH),
+        ({"StudyInstanceUID": "../../../tmp/evil"}, Refusal.DATASET_MISMATCH),
+        ({"StudyInstanceUID": "/abs"}, Refusal.DATASET_MISMATCH),
+        ({"SeriesInstanceUID": "1.2." + "3" * 70}, Refusal.DATASET_MISMATCH),
+        ({"SeriesInstanceUID": "1.2.x"}, Refusal.DATASET_MISMATCH),
+        ({"StudyInstanceUID": None}, Refusal.DATASET_MISMATCH),
     ],
 )
-def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrides: dict, status: int) -> None:
+def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrides: dict, kind: Refusal) -> None:
     ds = dataset()
     for key, value in overrides.items():
         if value is None:
             delattr(ds, key)
         else:
             setattr(ds, key, value)
-    writer = stream(make_writer(StorageConfig(root=str(tmp_path)), EXPECTED.sop_instance_uid or ""), encode(ds, EXPLICIT))
+    writer = stream(make_writer(make_config(tmp_path), EXPECTED.sop_instance_uid or ""), encode(ds, EXPLICIT))
     with pytest.raises(StoreRefused) as refused:
         publish_now(writer)
-    assert refused.value.status == status
+    assert refused.value.kind == kind
     assert writer.final_path is None
     assert leftovers(tmp_path) == ([], [])
     assert sorted(os.listdir(tmp_path)) == [TEMP_DIR]  # no directory was made either
 
 
 def test_unreadable_data_set_is_cannot_understand(tmp_path: Path) -> None:
-    writer = stream(make_writer(StorageConfig(root=str(tmp_path)), "1.2.3", DEFLATED), b"\xff" * 64)
+    writer = stream(make_writer(make_config(tmp_path), "1.2.3", DEFLATED), b"\xff" * 64)
     with pytest.raises(StoreRefused) as refused:
         writer.finish()
-    assert refused.value.status == STATUS_CANNOT_UNDERSTAND
+    assert refused.value.kind == Refusal.UNREADABLE
     assert leftovers(tmp_path) == ([], [])
 
 
 def test_abort_and_context_manager(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     writer = stream(make_writer(config, "1.2.3"), encode(dataset("1.2.3"), EXPLICIT))
     assert len(leftovers(tmp_path)[0]) == 1
     writer.abort()
@@ -465,7 +473,7 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int) -> 
 def test_io_errors_refuse_with_out_of_resources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str
 ) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     (tmp_path / TEMP_DIR).mkdir()
     data = encode(dataset(), EXPLICIT)
     writer = make_writer(config, EXPECTED.sop_instance_uid or "")
@@ -483,14 +491,14 @@ def test_io_errors_refuse_with_out_of_resources(
             _enospc_after(monkeypatch, name, calls_ok)
             writer.begin()
     monkeypatch.undo()
-    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert refused.value.kind == Refusal.OUT_OF_RESOURCES
     assert "No space left" in refused.value.reason
     assert leftovers(tmp_path) == ([], [])
     assert writer.refused is refused.value
 
 
 def test_journal_failure_refuses_and_keeps_the_journal_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     journal = JournalWriter(tmp_path, "w-1-1")
     writer = stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT))
     writer.finish()
@@ -498,7 +506,7 @@ def test_journal_failure_refuses_and_keeps_the_journal_readable(tmp_path: Path, 
     with pytest.raises(StoreRefused) as refused:
         publish_now(writer, journal)
     monkeypatch.undo()
-    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert refused.value.kind == Refusal.OUT_OF_RESOURCES
     ok = publish_now(stream(make_writer(config, "1.2.3.2"), encode(dataset("1.2.3.2"), EXPLICIT)), journal)
     assert [r for r, _ in JournalReader(journal.path).read_from()][-1] == ok
 
@@ -524,7 +532,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_real_disk_full(tiny_fs: Path) -> None:
-    config = StorageConfig(root=str(tiny_fs))
+    config = make_config(tiny_fs)
     sweep_temp(tiny_fs)
     small = publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)))
     big = dataset("1.2.3.2")
@@ -532,14 +540,14 @@ def test_real_disk_full(tiny_fs: Path) -> None:
     writer = make_writer(config, "1.2.3.2")
     with pytest.raises(StoreRefused) as refused:
         stream(writer, encode(big, EXPLICIT), 64 << 10)
-    assert refused.value.status == STATUS_OUT_OF_RESOURCES
+    assert refused.value.kind == Refusal.OUT_OF_RESOURCES
     assert leftovers(tiny_fs) == ([], [small.path])
     # space is back: the next store succeeds
     publish_now(stream(make_writer(config, "1.2.3.3"), encode(dataset("1.2.3.3"), EXPLICIT)))
 
 
 def test_sweep_temp(tmp_path: Path) -> None:
-    config = StorageConfig(root=str(tmp_path))
+    config = make_config(tmp_path)
     stream(make_writer(config, "1.2.3"), encode(dataset("1.2.3"), EXPLICIT))  # left open: a crash
     old = tmp_path / TEMP_DIR / "old.part"
     old.write_bytes(b"x")

@@ -8,7 +8,7 @@ import fcntl
 import os
 import socket
 
-from storage import Index, JournalWriter, journal_dir
+from storage import JournalWriter, journal_dir, open_catalog
 from tests.workers.test_ipc import record
 from workers.config import load_config
 from workers.indexer import Indexer, segment_worker
@@ -30,7 +30,7 @@ def _live_segment(root, name: str) -> tuple[JournalWriter, int]:
 
 
 def _rows(root) -> set[str]:
-    with Index(os.path.join(root, "index.sqlite")) as index:
+    with open_catalog(os.path.join(root, "index.sqlite")) as index:
         return {r.sop_instance_uid for r in index.list(limit=1000)}
 
 
@@ -100,7 +100,7 @@ def test_reconcile_indexes_unjournalled_files(tmp_path, tiny_files):
     target = root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
     target.parent.mkdir(parents=True)
     shutil.copy(src, target)
-    with Index(root / "index.sqlite") as index:
+    with open_catalog(root / "index.sqlite") as index:
         assert reconcile(str(root), index, 0.0) == 1
         row = index.get(ds.SOPInstanceUID)
         assert row is not None and row.size == target.stat().st_size

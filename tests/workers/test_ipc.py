@@ -1,15 +1,16 @@
-"""The node's plumbing in one process: queue frames, control messages, shared slots, and
-the journal tap that puts records on the index queue in file order."""
+"""The node's plumbing in one process: queue frames, control messages, shared slots, the
+C-STORE status of each storage refusal, and the contexts a worker accepts. (The journal
+reports its appends in file order: tests/storage/test_journal.py.)"""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 
 import pytest
 
-from storage import InstanceRecord, JournalReader
+from engine import status
+from storage import InstanceRecord, Refusal
 from workers.config import load_config
 from workers.ipc import (
     Attach,
@@ -23,7 +24,7 @@ from workers.ipc import (
     recv_control,
     send_control,
 )
-from workers.worker import TRANSFER_SYNTAXES, _TappedJournal, supported_contexts
+from workers.worker import TRANSFER_SYNTAXES, refusal_status, supported_contexts
 
 
 def record(n: int) -> InstanceRecord:
@@ -93,26 +94,17 @@ def test_shared_slots_admit_release_reset():
         os.close(slots.fd)
 
 
-def test_journal_tap_reports_in_file_order(tmp_path):
-    reports = []
-    journal = _TappedJournal(str(tmp_path), "w0-1-1", lambda s, e, recs: reports.append((s, e, recs)))
-
-    def append(base: int) -> None:
-        for i in range(50):
-            journal.append_many([record(base + i)])
-
-    threads = [threading.Thread(target=append, args=(k * 1000,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    journal.close()
-    offset = 0
-    for start, end, _ in reports:
-        assert start == offset
-        offset = end
-    on_disk = [r for r, _ in JournalReader(journal.path).read_from(0)]
-    assert on_disk == [r for _, _, recs in reports for r in recs]
+def test_every_refusal_has_its_c_store_status():
+    """The statuses on the wire for each storage refusal (PS3.4 Table B.2-1)."""
+    assert {kind: refusal_status(kind) for kind in Refusal} == {
+        Refusal.OUT_OF_RESOURCES: 0xA700,
+        Refusal.DATASET_MISMATCH: 0xA900,
+        Refusal.UNREADABLE: 0xC000,
+        Refusal.INVALID_INSTANCE_UID: 0x0117,
+        Refusal.INVALID_SOP_CLASS_UID: 0x0122,
+        Refusal.DUPLICATE: 0xC111,
+    }
+    assert all(status.status_category(refusal_status(kind)) == "Failure" for kind in Refusal)
 
 
 def test_supported_contexts_accept_everything_storable():

@@ -1,0 +1,274 @@
+"""The SQLite catalog: one database file describing every stored SOP instance.
+
+Theory of operation: :class:`SqliteCatalog` implements the :class:`~storage.Catalog`
+port over table ``instances``, one row per SOP Instance UID, in the columns of
+:class:`~storage.InstanceRecord`. Rows are only ever written by
+:meth:`SqliteCatalog.apply`, which stores a batch of records *and* the journal offsets
+they were read up to in one transaction, so replaying a journal after a crash neither
+loses nor doubles a row (``INSERT OR REPLACE`` makes a replay of the same record
+idempotent as well).
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is durable once the WAL
+is synced at checkpoint, and a crash loses at most the last transactions -- which the
+journal replays. One connection per process; a read-only one (metrics) never creates
+or changes anything. The database never decides where files live, it records the
+paths the writer chose. This is the only module that imports ``sqlite3``: every
+``sqlite3.Error`` leaves it as a :class:`~storage.CatalogError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from ._ports import FIND_KEYS, NO_PROGRESS, CatalogBusy, CatalogCorrupt, CatalogError
+from ._record import IndexStats, InstanceRecord
+
+__all__ = ["SqliteCatalog", "SCHEMA"]
+
+_COLUMNS = InstanceRecord.__struct_fields__
+
+#: The whole schema, applied idempotently at open.
+#:  - ``instances``: one row per SOP instance (PS3.3 C.12.1 SOP Instance UID is unique),
+#:    the columns of :class:`InstanceRecord` in the same order;
+#:  - ``journal_progress``: for each journal segment, the byte offset up to which its
+#:    records are in ``instances`` (written in the same transaction as those rows);
+#:  - views ``studies``, ``series``, ``patients``: aggregates for browsing, computed on
+#:    read (no triggers to keep in step).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid    TEXT PRIMARY KEY NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    patient_id          TEXT,
+    patient_name        TEXT,
+    modality            TEXT,
+    study_date          TEXT,
+    instance_number     TEXT,
+    transfer_syntax_uid TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    sha256              TEXT NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    called_ae           TEXT NOT NULL,
+    received_at         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
+CREATE TABLE IF NOT EXISTS journal_progress (
+    journal TEXT PRIMARY KEY NOT NULL,
+    offset  INTEGER NOT NULL
+);
+CREATE VIEW IF NOT EXISTS studies AS
+    SELECT study_instance_uid,
+           MAX(patient_id) AS patient_id,
+           MAX(patient_name) AS patient_name,
+           MAX(study_date) AS study_date,
+           COUNT(DISTINCT series_instance_uid) AS series,
+           COUNT(*) AS instances,
+           SUM(size) AS bytes,
+           MAX(received_at) AS last_received_at
+    FROM instances GROUP BY study_instance_uid;
+CREATE VIEW IF NOT EXISTS series AS
+    SELECT series_instance_uid,
+           MAX(study_instance_uid) AS study_instance_uid,
+           MAX(modality) AS modality,
+           COUNT(*) AS instances,
+           SUM(size) AS bytes,
+           MAX(received_at) AS last_received_at
+    FROM instances GROUP BY series_instance_uid;
+CREATE VIEW IF NOT EXISTS patients AS
+    SELECT patient_id,
+           MAX(patient_name) AS patient_name,
+           COUNT(DISTINCT study_instance_uid) AS studies,
+           COUNT(*) AS instances,
+           SUM(size) AS bytes
+    FROM instances GROUP BY patient_id;
+"""
+
+_INSERT = f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_PROGRESS = "INSERT OR REPLACE INTO journal_progress (journal, offset) VALUES (?, ?)"
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
+# A writer holding the database (another process's batch) is waited for this long
+# before SQLITE_BUSY surfaces: batches commit in milliseconds, 10 s means trouble.
+_BUSY_TIMEOUT_S = 10.0
+# Primary result codes (https://www.sqlite.org/rescode.html) that have an error of their own.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+
+
+def _row(record: InstanceRecord) -> tuple[object, ...]:
+    return tuple(getattr(record, name) for name in _COLUMNS)
+
+
+def _catalog_error(exc: sqlite3.Error, at_open: bool = False) -> CatalogError:
+    """The port's error for a driver error. At open, any database error that is not
+    operational (locked, cannot open) means the file is no SQLite database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if code is not None else None
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (
+        at_open and isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+    ):
+        error: CatalogError = CatalogCorrupt(str(exc))
+    elif primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        error = CatalogBusy(str(exc))
+    else:
+        error = CatalogError(str(exc))
+    error.__cause__ = exc
+    return error
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _catalog_error(exc) from exc
+
+
+class SqliteCatalog:
+    """The SQLite catalog at ``path`` (created with :data:`SCHEMA` when new, unless
+    ``read_only``). ``timeout_s``: how long to wait for another writer (default 10 s).
+    Raises :class:`~storage.CatalogCorrupt` when the file is not an SQLite database."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, timeout_s: float | None = None
+    ) -> None:
+        self.path = os.fspath(path)
+        self.read_only = read_only
+        busy_ms = int((_BUSY_TIMEOUT_S if timeout_s is None else timeout_s) * 1000)
+        db = None
+        try:
+            if read_only:
+                uri = pathlib.Path(self.path).resolve().as_uri() + "?mode=ro"
+                db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            if read_only:
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            else:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            raise _catalog_error(exc, at_open=True) from exc
+        self._db = db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SqliteCatalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def apply(self, records: Iterable[InstanceRecord], progress: Mapping[str, int] = NO_PROGRESS) -> None:
+        """Store ``records`` and the journal offsets in ``progress`` in one transaction.
+
+        Either all of them are committed or none is, which is what makes journal replay
+        exactly-once: the offsets say how far the rows already reflect each journal.
+        """
+        db = self._db
+        with _translated():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(_INSERT, map(_row, records))
+                if progress:
+                    db.executemany(_PROGRESS, progress.items())
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    def progress(self, journal: str) -> int:
+        """Byte offset up to which ``journal``'s records are indexed (0 when unknown)."""
+        with _translated():
+            row = self._db.execute("SELECT offset FROM journal_progress WHERE journal = ?", (journal,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def journal_progress(self) -> dict[str, int]:
+        with _translated():
+            return {str(j): int(o) for j, o in self._db.execute("SELECT journal, offset FROM journal_progress")}
+
+    def forget_journal(self, journal: str) -> None:
+        """Drop the progress row of a retired journal segment."""
+        with _translated():
+            self._db.execute("DELETE FROM journal_progress WHERE journal = ?", (journal,))
+
+    def count(self) -> int:
+        with _translated():
+            return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    def get(self, sop_instance_uid: str) -> InstanceRecord | None:
+        with _translated():
+            row = self._db.execute(f"{_SELECT} WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return InstanceRecord(*row) if row else None
+
+    def contains(self, sop_instance_uid: str) -> bool:
+        with _translated():
+            row = self._db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return row is not None
+
+    def list(self, limit: int = 100, study: str | None = None) -> list[InstanceRecord]:
+        """Up to ``limit`` records, most recently received first, optionally of one study."""
+        with _translated():
+            if study is None:
+                rows = self._db.execute(f"{_SELECT} ORDER BY received_at DESC LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = self._db.execute(
+                    f"{_SELECT} WHERE study_instance_uid = ? ORDER BY received_at DESC LIMIT ?", (study, limit)
+                ).fetchall()
+        return [InstanceRecord(*row) for row in rows]
+
+    def find(self, filters: Mapping[str, str | Sequence[str]], limit: int | None = None) -> Iterator[InstanceRecord]:
+        """Records matching every filter, by SOP Instance UID (see :meth:`Catalog.find`).
+
+        A list is passed as one JSON array parameter (``json_each``), so its length is
+        not bounded by SQLite's limit on parameters.
+        """
+        clauses = []
+        params: list[object] = []
+        for key, value in filters.items():
+            if key not in FIND_KEYS:
+                raise ValueError(f"cannot match on {key!r}; one of {', '.join(sorted(FIND_KEYS))}")
+            if isinstance(value, str):
+                clauses.append(f"{key} = ?")
+                params.append(value)
+                continue
+            values = [str(v) for v in value]
+            if not values:
+                return iter(())
+            clauses.append(f"{key} IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(values))
+        sql = _SELECT
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY sop_instance_uid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: list[object]) -> Iterator[InstanceRecord]:
+        with _translated():
+            for row in self._db.execute(sql, params):
+                yield InstanceRecord(*row)
+
+    def stats(self) -> IndexStats:
+        with _translated():
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), COUNT(DISTINCT study_instance_uid),"
+                " COUNT(DISTINCT series_instance_uid), COUNT(DISTINCT NULLIF(patient_id, '')) FROM instances"
+            ).fetchone()
+        return IndexStats(*(int(v) for v in row))

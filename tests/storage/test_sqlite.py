@@ -1,0 +1,126 @@
+"""The SQLite catalog's own features: schema matches InstanceRecord, WAL, views, and
+every sqlite3 error translated into the port's errors (corrupt file, lock held too
+long, read-only). The port's contract is tested in test_catalog.py."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from storage import (
+    SCHEMA,
+    CatalogBusy,
+    CatalogCorrupt,
+    CatalogError,
+    InstanceRecord,
+    SqliteCatalog,
+    open_catalog,
+)
+from tests.storage import record
+
+
+def test_schema_columns_follow_the_record() -> None:
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    columns = [row[1] for row in db.execute("PRAGMA table_info(instances)")]
+    assert tuple(columns) == InstanceRecord.__struct_fields__
+    assert {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='view'")} == {
+        "studies",
+        "series",
+        "patients",
+    }
+
+
+def test_open_catalog_of_a_path_is_sqlite(tmp_path: Path) -> None:
+    for location in (tmp_path / "a.sqlite", str(tmp_path / "b.sqlite")):
+        with open_catalog(location) as catalog:
+            assert isinstance(catalog, SqliteCatalog)
+
+
+def test_unknown_scheme_is_a_catalog_error_without_the_url(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError) as error:
+        open_catalog("nosuchdb://user:secret@db.example/archive")
+    assert "nosuchdb://" in str(error.value) and "secret" not in str(error.value)
+
+
+def test_wal_mode_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    with SqliteCatalog(path) as catalog:
+        catalog.apply([record(1)])
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    with SqliteCatalog(path) as catalog:  # schema creation is idempotent
+        assert catalog.get("1.2.3.1") == record(1)
+
+
+def test_views(tmp_path: Path) -> None:
+    with SqliteCatalog(tmp_path / "index.sqlite") as catalog:
+        catalog.apply(
+            [record(1, study=1, series=1, patient="A", size=10), record(2, study=1, series=2, patient="A", size=20)]
+            + [record(3, study=2, series=1, patient="B", size=30), record(4, study=3, series=1, patient=None, size=40)]
+        )
+        db = catalog._db
+        studies = db.execute("SELECT study_instance_uid, series, instances, bytes FROM studies ORDER BY 1").fetchall()
+        assert studies == [("1.2.4.1", 2, 2, 30), ("1.2.4.2", 1, 1, 30), ("1.2.4.3", 1, 1, 40)]
+        series = db.execute("SELECT series_instance_uid, study_instance_uid, instances FROM series ORDER BY 1").fetchall()
+        assert series[0] == ("1.2.4.1.1", "1.2.4.1", 1)
+        patients = db.execute("SELECT patient_id, studies, instances FROM patients ORDER BY patient_id").fetchall()
+        assert patients == [(None, 1, 1), ("A", 1, 2), ("B", 1, 1)]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [os.urandom(64 * 1024), b"SQLite format 3\x00" + b"\xff" * 4080, b"not a database at all\n" * 100],
+    ids=["random", "destroyed-header", "text"],
+)
+def test_a_file_that_is_not_a_database_is_corrupt(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(CatalogCorrupt) as error:
+        open_catalog(path)
+    assert isinstance(error.value, CatalogError)
+    assert not isinstance(error.value.__cause__, CatalogError)  # the driver's error, kept as the cause
+    assert path.read_bytes() == content  # nothing was written into it
+
+
+def test_a_lock_held_too_long_is_busy(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    with SqliteCatalog(path, timeout_s=0.05) as catalog:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(CatalogBusy) as error:
+                catalog.apply([record(1)], {"j": 1})
+            assert "locked" in str(error.value) or "busy" in str(error.value)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        catalog.apply([record(1)], {"j": 1})  # the same connection works once the lock is gone
+        assert catalog.count() == 1
+
+
+def test_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    with pytest.raises(CatalogError):
+        open_catalog(path, read_only=True)
+    assert not path.exists()  # a reader never creates the catalog
+    with open_catalog(path) as writer:
+        writer.apply([record(1)], {"w0-1-1": 99})
+        with open_catalog(path, read_only=True, timeout_s=1.0) as reader:
+            assert reader.journal_progress() == {"w0-1-1": 99}
+            assert reader.get("1.2.3.1") == record(1)
+            with pytest.raises(CatalogError):
+                reader.apply([record(2)])
+    with open_catalog(path) as again:
+        assert again.journal_progress() == {"w0-1-1": 99}
+
+
+def test_find_with_more_values_than_sqlite_has_parameters(tmp_path: Path) -> None:
+    with SqliteCatalog(tmp_path / "index.sqlite") as catalog:
+        catalog.apply([record(n) for n in range(50)])
+        wanted = [f"1.2.3.{n}" for n in range(40_000)]  # past SQLITE_MAX_VARIABLE_NUMBER
+        assert len(list(catalog.find({"sop_instance_uid": wanted}))) == 50
