@@ -86,7 +86,7 @@ def test_bench_catalog_apply(benchmark, tmp_path: Path) -> None:
             transfer_syntax_uid="1.2.840.10008.1.2.1",
             path=f"a/b/{i}.dcm",
             size=INSTANCE_BYTES,
-            sha256="ab" * 32,
+            digest="ab" * 32,
             calling_ae="MODALITY",
             called_ae="ARCHIVE",
             received_at=1_700_000_000.0 + i,

@@ -19,6 +19,7 @@ paths the writer chose. This is the only module that imports ``sqlite3``: every
 from __future__ import annotations
 
 import contextlib
+import operator
 import json
 import os
 import pathlib
@@ -32,9 +33,15 @@ __all__ = ["SqliteCatalog", "SCHEMA"]
 
 _COLUMNS = InstanceRecord.__struct_fields__
 
+#: The schema version this module writes (``PRAGMA user_version``). 0 is the first
+#: layout (no version recorded); 2 renames ``sha256`` to ``digest`` and adds the
+#: record's version-2 fields, the node column and the query indexes.
+SCHEMA_VERSION = 2
+
 #: The whole schema, applied idempotently at open.
 #:  - ``instances``: one row per SOP instance (PS3.3 C.12.1 SOP Instance UID is unique),
-#:    the columns of :class:`InstanceRecord` in the same order;
+#:    the columns of :class:`InstanceRecord` in the same order, then ``node``: the node
+#:    whose storage holds the file (one node writes a SQLite catalog);
 #:  - ``journal_progress``: for each journal segment, the byte offset up to which its
 #:    records are in ``instances`` (written in the same transaction as those rows);
 #:  - views ``studies``, ``series``, ``patients``: aggregates for browsing, computed on
@@ -53,18 +60,39 @@ CREATE TABLE IF NOT EXISTS instances (
     transfer_syntax_uid TEXT NOT NULL,
     path                TEXT NOT NULL,
     size                INTEGER NOT NULL,
-    sha256              TEXT NOT NULL,
+    digest              TEXT NOT NULL,
     calling_ae          TEXT NOT NULL,
     called_ae           TEXT NOT NULL,
-    received_at         REAL NOT NULL
+    received_at         REAL NOT NULL,
+    generation          INTEGER NOT NULL DEFAULT 0,
+    digest_algorithm    TEXT NOT NULL DEFAULT 'sha256',
+    study_time          TEXT,
+    accession_number    TEXT,
+    study_id            TEXT,
+    study_description   TEXT,
+    referring_physician_name TEXT,
+    patient_birth_date  TEXT,
+    patient_sex         TEXT,
+    series_number       TEXT,
+    series_description  TEXT,
+    body_part_examined  TEXT,
+    node                TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
-CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
-CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
 CREATE TABLE IF NOT EXISTS journal_progress (
     journal TEXT PRIMARY KEY NOT NULL,
     offset  INTEGER NOT NULL
 );
+"""
+
+#: Indexes and views, created after any migration (their columns exist by then).
+_DERIVED = """
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
+CREATE INDEX IF NOT EXISTS instances_patient_name ON instances (patient_name);
+CREATE INDEX IF NOT EXISTS instances_study_date ON instances (study_date);
+CREATE INDEX IF NOT EXISTS instances_accession ON instances (accession_number);
+CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
 CREATE VIEW IF NOT EXISTS studies AS
     SELECT study_instance_uid,
            MAX(patient_id) AS patient_id,
@@ -92,7 +120,53 @@ CREATE VIEW IF NOT EXISTS patients AS
     FROM instances GROUP BY patient_id;
 """
 
-_INSERT = f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+#: Columns version 2 added to a version-0 table, with their declarations.
+_V2_COLUMNS = (
+    ("generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("digest_algorithm", "TEXT NOT NULL DEFAULT 'sha256'"),
+    *((name, "TEXT") for name in (
+        "study_time", "accession_number", "study_id", "study_description",
+        "referring_physician_name", "patient_birth_date", "patient_sex", "series_number",
+        "series_description", "body_part_examined",
+    )),
+    ("node", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction (PS: no data moves:
+    version 2 renames one column and adds others with their defaults)."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise CatalogError(
+            f"index schema version {version} is newer than this scpfleet supports "
+            f"({SCHEMA_VERSION}); upgrade scpfleet or use another index"
+        )
+    if version == SCHEMA_VERSION:
+        db.executescript(_DERIVED)
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+        if "sha256" in columns and "digest" not in columns:
+            db.execute("ALTER TABLE instances RENAME COLUMN sha256 TO digest")
+        for name, declaration in _V2_COLUMNS:
+            if name not in columns:
+                db.execute(f"ALTER TABLE instances ADD COLUMN {name} {declaration}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.executescript(_DERIVED)
+
+
+_INSERT = (f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}, node) "
+           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
 _PROGRESS = "INSERT OR REPLACE INTO journal_progress (journal, offset) VALUES (?, ?)"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 # A writer holding the database (another process's batch) is waited for this long
@@ -102,8 +176,7 @@ _BUSY_TIMEOUT_S = 10.0
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 
 
-def _row(record: InstanceRecord) -> tuple[object, ...]:
-    return tuple(getattr(record, name) for name in _COLUMNS)
+_fields = operator.attrgetter(*_COLUMNS)
 
 
 def _catalog_error(exc: sqlite3.Error, at_open: bool = False) -> CatalogError:
@@ -137,10 +210,17 @@ class SqliteCatalog:
     Raises :class:`~storage.CatalogCorrupt` when the file is not an SQLite database."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, read_only: bool = False, timeout_s: float | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        timeout_s: float | None = None,
+        node: str = "",
     ) -> None:
         self.path = os.fspath(path)
         self.read_only = read_only
+        #: The node whose files this catalog's rows describe (the ``node`` column).
+        self.node = node
         busy_ms = int((_BUSY_TIMEOUT_S if timeout_s is None else timeout_s) * 1000)
         db = None
         try:
@@ -151,15 +231,25 @@ class SqliteCatalog:
                 db = sqlite3.connect(self.path, isolation_level=None)
             db.execute(f"PRAGMA busy_timeout = {busy_ms}")
             if read_only:
-                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                if version != SCHEMA_VERSION:
+                    raise CatalogError(
+                        f"index schema version {version}, this scpfleet reads {SCHEMA_VERSION}: "
+                        "start the node once to upgrade it" if version < SCHEMA_VERSION else
+                        f"index schema version {version} is newer than this scpfleet supports"
+                    )
             else:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
-                db.executescript(SCHEMA)
+                _migrate(db)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
             raise _catalog_error(exc, at_open=True) from exc
+        except CatalogError:
+            if db is not None:
+                db.close()
+            raise
         self._db = db
 
     def close(self) -> None:
@@ -181,7 +271,8 @@ class SqliteCatalog:
         with _translated():
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(_INSERT, map(_row, records))
+                node = (self.node,)
+                db.executemany(_INSERT, [_fields(r) + node for r in records])
                 if progress:
                     db.executemany(_PROGRESS, progress.items())
                 db.execute("COMMIT")

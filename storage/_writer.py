@@ -378,7 +378,7 @@ class InstanceWriter:
             transfer_syntax_uid=self.transfer_syntax_uid,
             path=relative,
             size=self._size,
-            sha256=self._hash.hexdigest(),
+            digest=self._hash.hexdigest(),
             calling_ae=self.calling_ae,
             called_ae=self.called_ae,
             received_at=float(self.received_at or 0.0),

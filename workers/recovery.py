@@ -92,7 +92,7 @@ def record_from_file(root: str, path: str) -> InstanceRecord:
         transfer_syntax_uid=meta.transfer_syntax_uid,
         path=relative.replace(os.sep, "/"),
         size=st.st_size,
-        sha256=digest.hexdigest(),
+        digest=digest.hexdigest(),
         calling_ae=meta.sending_ae_title or meta.source_ae_title or "",
         called_ae=meta.receiving_ae_title or "",
         received_at=st.st_mtime,

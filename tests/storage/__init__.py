@@ -114,7 +114,7 @@ def record(n: int, *, study: int = 0, series: int = 0, patient: str | None = "P1
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         path=f"1.2.4.{study}/1.2.4.{study}.{series}/1.2.3.{n}.dcm",
         size=size,
-        sha256="ab" * 32,
+        digest="ab" * 32,
         calling_ae="MODALITY",
         called_ae="ARCHIVE",
         received_at=1_700_000_000.0 + n,

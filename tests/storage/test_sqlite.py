@@ -19,19 +19,68 @@ from storage import (
     SqliteCatalog,
     open_catalog,
 )
+from storage._sqlite import SCHEMA_VERSION
 from tests.storage import record
 
 
-def test_schema_columns_follow_the_record() -> None:
-    db = sqlite3.connect(":memory:")
-    db.executescript(SCHEMA)
+def test_schema_columns_follow_the_record(tmp_path: Path) -> None:
+    SqliteCatalog(tmp_path / "index.sqlite").close()
+    db = sqlite3.connect(tmp_path / "index.sqlite")
     columns = [row[1] for row in db.execute("PRAGMA table_info(instances)")]
-    assert tuple(columns) == InstanceRecord.__struct_fields__
+    assert tuple(columns) == (*InstanceRecord.__struct_fields__, "node")
     assert {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='view'")} == {
         "studies",
         "series",
         "patients",
     }
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+# The first layout (schema version 0): what an archive written before version 2 holds.
+_V0_SCHEMA = """
+CREATE TABLE instances (
+    sop_instance_uid TEXT PRIMARY KEY NOT NULL, sop_class_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL, series_instance_uid TEXT NOT NULL, patient_id TEXT,
+    patient_name TEXT, modality TEXT, study_date TEXT, instance_number TEXT,
+    transfer_syntax_uid TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, calling_ae TEXT NOT NULL, called_ae TEXT NOT NULL,
+    received_at REAL NOT NULL);
+CREATE INDEX instances_study ON instances (study_instance_uid);
+CREATE TABLE journal_progress (journal TEXT PRIMARY KEY NOT NULL, offset INTEGER NOT NULL);
+CREATE VIEW studies AS SELECT study_instance_uid FROM instances GROUP BY study_instance_uid;
+"""
+
+
+def test_a_version_0_index_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_V0_SCHEMA)
+    db.execute("INSERT INTO instances VALUES ('1.2.3', '1.2', '1.2.3.1', '1.2.3.2', 'P1', 'Doe',"
+               " 'CT', '20250101', '1', '1.2.840.10008.1.2.1', 'a/b/1.2.3.dcm', 10, 'ab', 'A', 'B', 5.0)")
+    db.execute("INSERT INTO journal_progress VALUES ('w0-1-2', 99)")
+    db.commit()
+    db.close()
+    with pytest.raises(CatalogError, match="start the node once"):
+        SqliteCatalog(path, read_only=True)
+    with SqliteCatalog(path) as catalog:
+        row = catalog.get("1.2.3")
+        assert row is not None and row.digest == "ab" and row.digest_algorithm == "sha256"
+        assert row.generation == 0 and row.patient_name == "Doe" and row.accession_number is None
+        assert catalog.progress("w0-1-2") == 99
+    with SqliteCatalog(path, read_only=True) as catalog:
+        assert catalog.count() == 1
+
+
+def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    SqliteCatalog(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(CatalogError, match="newer than this scpfleet supports") as info:
+        SqliteCatalog(path)
+    assert "\n" not in str(info.value)
 
 
 def test_open_catalog_of_a_path_is_sqlite(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
     meta = read_file_meta(path)
     assert raw[meta.dataset_offset :] == data  # byte-identical data set
     assert record.size == len(raw)
-    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert record.digest == hashlib.sha256(data).hexdigest()
     assert meta.transfer_syntax_uid == ts
     assert meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID  # the one the node advertises
     assert meta.implementation_version_name == IMPLEMENTATION_VERSION_NAME

@@ -155,13 +155,13 @@ class Node:
     # -- what it stored ---------------------------------------------------------------------
 
     def index_rows(self) -> dict[str, tuple[str, int, str]]:
-        """sop_instance_uid -> (path, size, sha256) from the SQLite index."""
+        """sop_instance_uid -> (path, size, digest) from the SQLite index."""
         path = self.storage / "index.sqlite"
         if not path.exists():
             return {}
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            rows = db.execute("SELECT sop_instance_uid, path, size, sha256 FROM instances").fetchall()
+            rows = db.execute("SELECT sop_instance_uid, path, size, digest FROM instances").fetchall()
         finally:
             db.close()
         return {uid: (p, size, sha) for uid, p, size, sha in rows}

@@ -32,7 +32,7 @@ def record(n: int) -> InstanceRecord:
         sop_instance_uid=f"1.2.3.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
         study_instance_uid="1.2.3", series_instance_uid="1.2.3.1", patient_id="P1", patient_name="DOE^J",
         modality="OT", study_date="20240101", instance_number=str(n), transfer_syntax_uid="1.2.840.10008.1.2.1",
-        path=f"1.2.3/1.2.3.1/1.2.3.{n}.dcm", size=100 + n, sha256="0" * 64, calling_ae="A", called_ae="B",
+        path=f"1.2.3/1.2.3.1/1.2.3.{n}.dcm", size=100 + n, digest="0" * 64, calling_ae="A", called_ae="B",
         received_at=1.0,
     )
 
