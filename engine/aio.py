@@ -26,7 +26,7 @@ import ssl as _ssl
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ._acse import build_request
+from ._acse import AcceptorPolicy, build_request, rejection_description
 from ._assoc import Association, ServiceUserInfo
 from ._connection import Aborted
 from ._handlers import StoreRequest
@@ -36,6 +36,7 @@ from .presentation import PresentationContext
 from .services import ServiceRegistry
 
 __all__ = [
+    "AcceptorPolicy",
     "Association",
     "AssociationServer",
     "ServerConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "StoreRequest",
     "associate",
     "address_allowed",
+    "rejection_description",
     "install_uvloop",
     "new_event_loop",
     "ServiceUserInfo",

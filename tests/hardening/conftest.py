@@ -5,9 +5,10 @@ Theory of operation: every hardening test talks to a *target*: a running storage
 node (``python -m workers.cli serve`` in its own process group, ``--port 0`` and
 ``--ready-file``), used when its ``serve --help`` offers the flags below. Until it does,
 or when ``SCPFLEET_HARDENING_TARGET=engine``, the target is the engine itself: an
-``engine.aio.AssociationServer`` on a uvloop loop in a background thread, storing through
-a ``storage.PosixInstanceStore`` (durability ``none``, no journal) as a worker does, and
-answering a refusal with the worker's status for it (``workers.worker.refusal_status``). ``SCPFLEET_HARDENING_TARGET=node`` insists on the real node.
+``engine.aio.AssociationServer`` on a uvloop loop in a background thread, serving the
+node's own Verification and Storage SCPs (``workers.services``) over a
+``storage.PosixInstanceStore`` (durability ``none``, no journal), exactly the providers a
+worker runs. ``SCPFLEET_HARDENING_TARGET=node`` insists on the real node.
 
 A target offers what every case checks afterwards: :meth:`Target.assert_still_serving`
 (a real association, C-ECHO and C-STORE through ``engine.aio``),
@@ -48,25 +49,19 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, aio, build_context
-from engine._handlers import EchoHandler
-from engine.dimse import C_ECHO_RQ, C_STORE_RQ
-from engine.services import Request, ServiceRegistry
+from engine.services import ServiceRegistry
 from engine._acse import AcceptorPolicy
 from engine._pdu import AAssociateAC, decode_pdu
 from engine.presentation import StoragePresentationContexts
 from engine.sop_class import Verification
 from storage import (
-    InstanceRecord,
     PosixInstanceStore,
     StorageConfig,
-    StoreRefused,
-    Upload,
-    UploadRequest,
     is_valid_uid,
 )
 from tests.dicomdata import make_dataset
 from tests.fuzz import wire
-from workers.worker import refusal_status
+from workers.services import StorageSCP, VerificationSCP
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -542,12 +537,12 @@ class EngineTarget(Target):
             network_timeout=self.network_timeout,
             maximum_associations=self.max_associations,
             ssl_context=self.ssl_context,
-            services=ServiceRegistry()
-            .add(EchoHandler(), [C_ECHO_RQ])
-            .add(_SinkProvider(self._open_sink), [C_STORE_RQ]),
+            services=ServiceRegistry(),
             **options,
         )
         self._store = PosixInstanceStore(self.storage, loop)
+        VerificationSCP().register(config.services)
+        StorageSCP(self._store, called_ae=self.ae_title.decode("ascii")).register(config.services)
         self.server = aio.AssociationServer(config, loop=loop)
         _, self.port = await self.server.start(HOST, 0)
         self._stop_event = asyncio.Event()
@@ -555,22 +550,6 @@ class EngineTarget(Target):
         await self._stop_event.wait()
         await self.server.close(grace=2.0)
         await self._store.aclose()
-
-    def _open_sink(self, assoc: aio.Association, request: Request) -> Any:
-        cmd = request.command
-        calling = assoc.requestor.ae_title.decode("latin-1").strip()
-        assert self._store is not None
-        try:
-            upload = self._store.open(UploadRequest(
-                sop_class_uid=cmd.affected_sop_class_uid,
-                sop_instance_uid=cmd.affected_sop_instance_uid,
-                transfer_syntax_uid=request.transfer_syntax,
-                calling_ae=calling,
-                called_ae=self.ae_title.decode("ascii"),
-            ))
-        except StoreRefused as exc:
-            return refusal_status(exc.kind), exc.reason
-        return _UploadSink(upload)
 
     def stop(self) -> None:
         loop, event = self.loop, self._stop_event
@@ -646,50 +625,6 @@ class _ErrorLog(logging.Handler):
             logger = logging.getLogger(name)
             logger.removeHandler(self)
             logger.setLevel(self._levels.get(name, logging.NOTSET))
-
-
-class _SinkProvider:
-    """A C-STORE service provider that is one callable (assoc, request) -> operation."""
-
-    __slots__ = ("open",)
-
-    def __init__(self, open_sink: Callable[[aio.Association, Request], Any]) -> None:
-        self.open = open_sink
-
-    def start(self, request: Request) -> Any:
-        return self.open(request.association, request)
-
-
-class _UploadSink:
-    """A C-STORE operation over an upload, as workers/worker.py's _StoreSink."""
-
-    __slots__ = ("upload", "refused")
-    holds_reading = True
-
-    def __init__(self, upload: Upload) -> None:
-        self.upload = upload
-        self.refused: StoreRefused | None = None
-
-    def write(self, data: memoryview) -> None:
-        if self.refused is None:
-            try:
-                self.upload.write(data)
-            except StoreRefused as exc:  # the upload already left no trace
-                self.refused = exc
-
-    async def finish(self) -> int | tuple[int, str]:
-        try:
-            if self.refused is not None:
-                raise self.refused
-            done = self.upload.finish()
-            if not isinstance(done, InstanceRecord):
-                await done
-        except StoreRefused as exc:
-            return refusal_status(exc.kind), exc.reason
-        return 0x0000
-
-    def abort(self) -> None:
-        self.upload.abort()
 
 
 # ----------------------------------------------------------------------------- real node
