@@ -1,6 +1,6 @@
 """``python -m bench.compare``: scpfleet serve side by side with DCMTK, pynetdicom and Orthanc.
 
-Theory of operation: one command builds the test data (tests.dicomdata: tiny instances,
+Theory of operation: one command builds the test data (bench.corpus: tiny instances,
 512x512 16-bit CTs, 80 MB multi-frames; one set per client, every file its own SOP
 Instance UID) in a temporary folder, then runs a matrix of *cells*. A cell is one load
 (kind x concurrent associations), one client (DCMTK ``storescu``: one process, one
@@ -439,18 +439,18 @@ class Prepared:
 def prepare(load: Load, count: int, folder: Path) -> Prepared:
     """``count`` Part 10 files of ``load``'s kind in ``folder``, each a distinct instance
     (fresh UIDs on every call, so two sets never share an instance)."""
-    from tests import dicomdata
+    from bench import corpus
 
     if load.key == "big":
-        files = [dicomdata.make_large_file(folder / f"big_{i:03d}.dcm", BIG_BYTES, seed=i,
+        files = [corpus.make_large_file(folder / f"big_{i:03d}.dcm", BIG_BYTES, seed=i,
                                            unique=True) for i in range(count)]
     else:
-        files = dicomdata.make_files(folder, {load.key: count})
+        files = corpus.make_files(folder, {load.key: count})
     files = sorted(files)
     size = sum(f.stat().st_size for f in files)
     profile = None
     if shutil.which("storescu"):
-        from tests.peers import storescu_exact_profile
+        from bench.dcmtk import storescu_exact_profile
 
         path = folder.with_suffix(".storescu.cfg")
         profile = (path, storescu_exact_profile(files, path))

@@ -10,8 +10,8 @@ import io
 import struct
 from pathlib import Path
 
+from bench.corpus import make_dataset
 from storage import Index, InstanceRecord, InstanceWriter, MetadataExtractor, StorageConfig, publish_now
-from tests.dicomdata import make_dataset
 
 # A common P-DATA payload size (PS3.8 D.1 Maximum Length), so headers straddle fragments.
 FRAGMENT = 16 * 1024
