@@ -2,9 +2,10 @@
 
 Theory of operation: this module owns starting, waiting for and reaping the reference peers
 the interoperability tests talk to. Every peer is a child process in its own session
-(process group), with stdout/stderr going to files under the test's log directory; every
-wait has a hard deadline; and every process is registered until reaped, so a fixture
-finalizer (`reap_all`) or interpreter exit kills whatever a failing test left behind. Where DCMTK's tools are and the storescu profile come from bench.dcmtk.
+(process group: bench.procs.ProcessGroup), with stdout/stderr going to files under the
+test's log directory; every wait has a hard deadline; and every process is registered until
+reaped, so a fixture finalizer (`reap_all`) or interpreter exit kills whatever a failing
+test left behind. Where DCMTK's tools are and the storescu profile come from bench.dcmtk.
 Results carry their logs (`PeerResult.describe`) for assertion messages.
 
 It never mocks a peer, never talks to anything but 127.0.0.1, and knows nothing of scpfleet.
@@ -33,7 +34,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +45,7 @@ from pathlib import Path
 import pytest
 
 from bench.dcmtk import dcmtk_tool, storescu_exact_profile
+from bench.procs import ProcessGroup, Registry
 
 __all__ = [
     "HOST",
@@ -72,7 +73,7 @@ _TERM_GRACE_S = 5.0  # SIGTERM to SIGKILL: DCMTK and pynetdicom exit in millisec
 _POLL_S = 0.02  # readiness polling step while a peer starts
 _LOG_TAIL = 4000  # characters of each stream quoted in failure messages
 
-_LIVE: set[subprocess.Popen] = set()
+_LIVE = Registry()
 _SEQ = itertools.count(1)
 _fallback_log_dir: Path | None = None
 
@@ -158,36 +159,15 @@ def require_dcmtk() -> None:
 
 def live_processes() -> list[subprocess.Popen]:
     """Peer processes started here and not yet reaped."""
-    return [p for p in _LIVE if p.poll() is None]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(popen: subprocess.Popen, grace: float = _TERM_GRACE_S) -> None:
-    """SIGTERM the peer (a session leader), SIGKILL it after `grace`, reap it, then SIGKILL
-    whatever is left of its process group (children of storescp --fork)."""
-    if popen.poll() is None:
-        _signal_group(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(popen.pid, signal.SIGKILL)
-            popen.wait()
-    _signal_group(popen.pid, signal.SIGKILL)
-    _LIVE.discard(popen)
+    return [group.popen for group in _LIVE.live()]
 
 
 def reap_all(keep: Iterable[subprocess.Popen] = ()) -> None:
-    """Kill and reap every registered peer not in `keep` (fixture finalizers, exit)."""
+    """Kill and reap every registered peer not in `keep` (fixture finalizers, exit): SIGTERM
+    to its process group, SIGKILL after a grace period, then SIGKILL whatever is left of
+    the group (children of storescp --fork)."""
     spare = set(keep)
-    for popen in list(_LIVE):
-        if popen not in spare:
-            _kill_group(popen)
+    _LIVE.stop_all(keep=[g for g in _LIVE if g.popen in spare], grace=_TERM_GRACE_S)
 
 
 def _cleanup_at_exit() -> None:
@@ -239,15 +219,8 @@ class _Proc:
         self.out_path = directory / f"{name}-{n}.out"
         self.err_path = directory / f"{name}-{n}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
-        _LIVE.add(self.popen)
+            self.group = ProcessGroup(self.argv, stdout=out, stderr=err, env=env, registry=_LIVE)
+        self.popen = self.group.popen
 
     def output(self) -> tuple[str, str]:
         return _read_log(self.out_path), _read_log(self.err_path)
@@ -256,7 +229,9 @@ class _Proc:
         return _describe(self.name, self.argv, self.popen.poll(), *self.output())
 
     def kill(self) -> None:
-        _kill_group(self.popen)
+        """SIGTERM the peer's group, SIGKILL it after a grace period, reap the leader, and
+        SIGKILL whatever is left of the group."""
+        self.group.stop(grace=_TERM_GRACE_S, group=True)
 
     def finish(self, deadline: float, timeout: float) -> PeerResult:
         """Wait until `deadline` (monotonic), kill on overrun, return the result."""
