@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 from engine import aio
 from engine._acse import rejection_description
@@ -32,6 +32,8 @@ __all__ = [
     "DEFAULT_AET",
     "add_target_arguments",
     "check_target",
+    "OneLineParser",
+    "choice_list",
     "positive_int",
     "non_negative_int",
     "positive_float",
@@ -57,6 +59,29 @@ RATE_WINDOW_S = 2.0
 
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2), for the stand-alone benchmark commands
+    (``python -m bench.compare``, ``python -m bench.cpucost``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def choice_list(allowed: Sequence[Any], kind: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
+    """An argument type: a comma-separated, non-empty subset of ``allowed`` (duplicates
+    dropped, order kept), each item converted by ``kind``."""
+
+    def parse(text: str) -> list[Any]:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        bad = [v for v in values if str(v) not in allowed and v not in allowed]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {', '.join(map(str, allowed))}")
+        return list(dict.fromkeys(values))
+
+    return parse
 
 
 def positive_int(text: str) -> int:

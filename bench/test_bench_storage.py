@@ -10,9 +10,14 @@ import io
 import struct
 from pathlib import Path
 
+<<<<<<< HEAD
 from storage import InstanceRecord, InstanceWriter, MetadataExtractor, SqliteCatalog, publish_now
 from tests.dicomdata import make_dataset
 from tests.storage import make_config
+=======
+from bench.corpus import make_dataset
+from storage import Index, InstanceRecord, InstanceWriter, MetadataExtractor, StorageConfig, publish_now
+>>>>>>> bench-split
 
 # A common P-DATA payload size (PS3.8 D.1 Maximum Length), so headers straddle fragments.
 FRAGMENT = 16 * 1024

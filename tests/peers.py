@@ -2,9 +2,10 @@
 
 Theory of operation: this module owns starting, waiting for and reaping the reference peers
 the interoperability tests talk to. Every peer is a child process in its own session
-(process group), with stdout/stderr going to files under the test's log directory; every
-wait has a hard deadline; and every process is registered until reaped, so a fixture
-finalizer (`reap_all`) or interpreter exit kills whatever a failing test left behind.
+(process group: bench.procs.ProcessGroup), with stdout/stderr going to files under the
+test's log directory; every wait has a hard deadline; and every process is registered until
+reaped, so a fixture finalizer (`reap_all`) or interpreter exit kills whatever a failing
+test left behind. Where DCMTK's tools are and the storescu profile come from bench.dcmtk.
 Results carry their logs (`PeerResult.describe`) for assertion messages.
 
 It never mocks a peer, never talks to anything but 127.0.0.1, and knows nothing of scpfleet.
@@ -16,9 +17,10 @@ DCMTK 3.6.7 behaviour this relies on (checked against the installed tools and so
 - storescu proposes only its *preferred* transfer syntax (-x=, i.e. Explicit VR LE) plus the
   uncompressed fallbacks, then converts each file to whatever was accepted: a deflated,
   big endian, implicit or JPEG file would not go out as stored. `run_storescu` therefore
-  (by default) writes an association profile (-xf) with one presentation context per
-  (SOP class, transfer syntax) pair found in the files' meta, so storescu's exact-match
-  context lookup sends every file in its own syntax, unconverted.
+  (by default) writes an association profile (-xf, bench.dcmtk.storescu_exact_profile)
+  with one presentation context per (SOP class, transfer syntax) pair found in the files'
+  meta, so storescu's exact-match context lookup sends every file in its own syntax,
+  unconverted.
 - storescp +B (--bit-preserving) writes the received data set bytes verbatim behind a new
   meta header, +xa accepts every transfer syntax it knows; -od needs an existing directory.
   storescp has no bind-address option: it listens on all interfaces, on a port chosen by
@@ -32,7 +34,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +43,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
-from pydicom.filereader import read_file_meta_info
+
+from bench.dcmtk import dcmtk_tool, storescu_exact_profile
+from bench.procs import ProcessGroup, Registry
 
 __all__ = [
     "HOST",
@@ -66,12 +69,11 @@ __all__ = [
 HOST = "127.0.0.1"
 DCMTK_TOOLS = ("storescp", "storescu", "echoscu")
 PEER_SCRIPT = Path(__file__).with_name("_pynetdicom_peer.py")
-MAX_PRESENTATION_CONTEXTS = 128  # PS3.8 9.3.2: odd context IDs 1..255
 _TERM_GRACE_S = 5.0  # SIGTERM to SIGKILL: DCMTK and pynetdicom exit in milliseconds on TERM
 _POLL_S = 0.02  # readiness polling step while a peer starts
 _LOG_TAIL = 4000  # characters of each stream quoted in failure messages
 
-_LIVE: set[subprocess.Popen] = set()
+_LIVE = Registry()
 _SEQ = itertools.count(1)
 _fallback_log_dir: Path | None = None
 
@@ -135,23 +137,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def dcmtk_tool(tool: str) -> str | None:
-    """The path of DCMTK's ``tool``, never a same-named script of another package.
-
-    pynetdicom installs ``storescp``/``storescu``/``echoscu`` console scripts into the
-    virtualenv; with the venv on PATH they would shadow DCMTK's binaries. Scripts in the
-    running interpreter's bin directory are skipped.
-    """
-    venv_bin = os.path.realpath(os.path.dirname(sys.executable))
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if not directory or os.path.realpath(directory) == venv_bin:
-            continue
-        found = shutil.which(tool, path=directory)
-        if found:
-            return found
-    return None
-
-
 def dcmtk_available() -> bool:
     """True if DCMTK's storescp, storescu and echoscu are all on PATH."""
     return all(dcmtk_tool(tool) for tool in DCMTK_TOOLS)
@@ -174,36 +159,15 @@ def require_dcmtk() -> None:
 
 def live_processes() -> list[subprocess.Popen]:
     """Peer processes started here and not yet reaped."""
-    return [p for p in _LIVE if p.poll() is None]
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(popen: subprocess.Popen, grace: float = _TERM_GRACE_S) -> None:
-    """SIGTERM the peer (a session leader), SIGKILL it after `grace`, reap it, then SIGKILL
-    whatever is left of its process group (children of storescp --fork)."""
-    if popen.poll() is None:
-        _signal_group(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(popen.pid, signal.SIGKILL)
-            popen.wait()
-    _signal_group(popen.pid, signal.SIGKILL)
-    _LIVE.discard(popen)
+    return [group.popen for group in _LIVE.live()]
 
 
 def reap_all(keep: Iterable[subprocess.Popen] = ()) -> None:
-    """Kill and reap every registered peer not in `keep` (fixture finalizers, exit)."""
+    """Kill and reap every registered peer not in `keep` (fixture finalizers, exit): SIGTERM
+    to its process group, SIGKILL after a grace period, then SIGKILL whatever is left of
+    the group (children of storescp --fork)."""
     spare = set(keep)
-    for popen in list(_LIVE):
-        if popen not in spare:
-            _kill_group(popen)
+    _LIVE.stop_all(keep=[g for g in _LIVE if g.popen in spare], grace=_TERM_GRACE_S)
 
 
 def _cleanup_at_exit() -> None:
@@ -255,15 +219,8 @@ class _Proc:
         self.out_path = directory / f"{name}-{n}.out"
         self.err_path = directory / f"{name}-{n}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
-        _LIVE.add(self.popen)
+            self.group = ProcessGroup(self.argv, stdout=out, stderr=err, env=env, registry=_LIVE)
+        self.popen = self.group.popen
 
     def output(self) -> tuple[str, str]:
         return _read_log(self.out_path), _read_log(self.err_path)
@@ -272,7 +229,9 @@ class _Proc:
         return _describe(self.name, self.argv, self.popen.poll(), *self.output())
 
     def kill(self) -> None:
-        _kill_group(self.popen)
+        """SIGTERM the peer's group, SIGKILL it after a grace period, reap the leader, and
+        SIGKILL whatever is left of the group."""
+        self.group.stop(grace=_TERM_GRACE_S, group=True)
 
     def finish(self, deadline: float, timeout: float) -> PeerResult:
         """Wait until `deadline` (monotonic), kill on overrun, return the result."""
@@ -297,34 +256,6 @@ def _require_tool(tool: str) -> str:
 
 
 # --------------------------------------------------------------------------------- storescu
-
-
-def storescu_exact_profile(
-    files: Iterable[str | os.PathLike[str]], path: str | os.PathLike[str]
-) -> str:
-    """Write a DCMTK association profile (asconfig.txt format) to `path` proposing one
-    presentation context per (SOP class, transfer syntax) pair in the files' meta, each with
-    that single syntax; return the profile name for `storescu -xf path NAME`."""
-    pairs: dict[tuple[str, str], None] = {}
-    for f in files:
-        meta = read_file_meta_info(f)
-        pairs[(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))] = None
-    if len(pairs) > MAX_PRESENTATION_CONTEXTS:
-        raise ValueError(
-            f"{len(pairs)} (SOP class, transfer syntax) pairs exceed "
-            f"{MAX_PRESENTATION_CONTEXTS} presentation contexts: split the files"
-        )
-    syntaxes = sorted({ts for _, ts in pairs})
-    ts_name = {ts: f"TS{i + 1}" for i, ts in enumerate(syntaxes)}
-    lines = ["[[TransferSyntaxes]]"]
-    for ts in syntaxes:
-        lines += [f"[{ts_name[ts]}]", f"TransferSyntax1 = {ts}"]
-    lines += ["", "[[PresentationContexts]]", "[EXACT]"]
-    for i, (sop, ts) in enumerate(pairs, 1):
-        lines.append(f"PresentationContext{i} = {sop}\\{ts_name[ts]}")
-    lines += ["", "[[Profiles]]", "[SCPFLEET]", "PresentationContexts = EXACT", ""]
-    Path(path).write_text("\n".join(lines))
-    return "SCPFLEET"
 
 
 def _storescu_proc(

@@ -13,11 +13,11 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 
 from bench import report, synth
+from bench.corpus import dataset_bytes
 from bench.load import SyntheticSource
 from engine.dataset import decode_dataset
 from tests import peers
 from tests.bench import EngineServer, load_json, one_line_error, run_cli
-from tests.dicomdata import dataset_bytes
 
 
 def _check_report(data: dict, count: int) -> None:

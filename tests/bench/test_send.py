@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from pydicom.filereader import read_file_meta_info
 
+from bench.corpus import dataset_bytes, make_dataset, write_part10
 from bench.send import Entry, group_files
 from engine import sop_class
 from tests import peers
 from tests.bench import EngineServer, load_json, one_line_error, run_cli
-from tests.dicomdata import dataset_bytes, make_dataset, write_part10
 
 
 def _uid(path: Path) -> str:

@@ -48,6 +48,7 @@ from typing import Any
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from bench.procs import ProcessGroup
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, aio, build_context
 from engine.services import ServiceRegistry
 from engine._acse import AcceptorPolicy
@@ -703,6 +704,7 @@ class NodeTarget(Target):
         self.require_calling_aet = tuple(require_calling_aet)
         self.max_associations = max_associations
         self.tls = tls
+        self.group: ProcessGroup | None = None
         self.proc: subprocess.Popen | None = None
         self.ready_file = sandbox.parent / f"{sandbox.name}.ready"
         self.log_path = sandbox.parent / f"{sandbox.name}.log"
@@ -767,10 +769,8 @@ class NodeTarget(Target):
                 setattr(self, attr, default)
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(
-                self.argv(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
+            self.group = ProcessGroup(self.argv(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = self.group.popen
         finally:
             log.close()
         atexit.register(self.stop)  # an interrupted session must not leave the node running
@@ -793,17 +793,8 @@ class NodeTarget(Target):
         return self
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(_NODE_STOP_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(_NODE_STOP_S)
-        except ProcessLookupError:
-            pass
+        if self.group is not None:
+            self.group.stop(signal.SIGTERM, _NODE_STOP_S, group=True)
 
     def index_rows(self) -> list[str]:
         path = self.root / "index.sqlite"

@@ -26,6 +26,8 @@ from typing import Any
 
 import pydicom
 
+from bench.procs import ProcessGroup
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 _READY_TIMEOUT_S = 30.0
@@ -52,6 +54,7 @@ class Node:
         self.log_path = log_path
         self.ready_path = log_path.with_suffix(".ready.json")
         self.args = list(args)
+        self.group: ProcessGroup | None = None
         self.popen: subprocess.Popen | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -62,8 +65,8 @@ class Node:
         argv = [sys.executable, "-m", "workers.cli", "serve", "--host", HOST, "--port", "0",
                 "--storage", str(self.storage), "--ready-file", str(self.ready_path), *self.args]
         with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
-                                          env=_env(), start_new_session=True)
+            self.group = ProcessGroup(argv, stdout=log, stderr=log, cwd=REPO, env=_env())
+        self.popen = self.group.popen
         deadline = time.monotonic() + timeout
         while not self.ready_path.exists():
             if self.popen.poll() is not None:
@@ -117,40 +120,19 @@ class Node:
 
     def kill_all(self) -> None:
         """SIGKILL every process of the node (its process group)."""
-        if self.popen is None:
+        if self.group is None:
             return
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            pass
+        self.group.kill()
         self._wait_group_gone()
 
     def _wait_group_gone(self, timeout: float = 15.0) -> None:
         """Children exit after the supervisor; wait until the group is empty."""
-        if self.popen is None:
-            return
-        deadline = time.monotonic() + timeout
-        while _group_alive(self.popen.pid):
-            if time.monotonic() > deadline:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                time.sleep(0.1)
-                return
-            time.sleep(0.02)
+        if self.group is not None:
+            self.group.wait_gone(timeout)
 
     def reap(self) -> None:
-        if self.popen is not None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
+        if self.group is not None:
+            self.group.kill()
 
     # -- what it stored ---------------------------------------------------------------------
 
@@ -180,27 +162,6 @@ class Node:
 
     def association_lines(self) -> list[str]:
         return [line for line in self.log().splitlines() if " assoc peer=" in line]
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    # Zombies still count for killpg; look for a live member.
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fp:
-                fields = fp.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 def peak_rss_kib(pid: int) -> int:
