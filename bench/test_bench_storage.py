@@ -10,14 +10,9 @@ import io
 import struct
 from pathlib import Path
 
-<<<<<<< HEAD
-from storage import InstanceRecord, InstanceWriter, MetadataExtractor, SqliteCatalog, publish_now
-from tests.dicomdata import make_dataset
-from tests.storage import make_config
-=======
 from bench.corpus import make_dataset
-from storage import Index, InstanceRecord, InstanceWriter, MetadataExtractor, StorageConfig, publish_now
->>>>>>> bench-split
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storage import InstanceRecord, InstanceWriter, MetadataExtractor, SqliteCatalog, StorageConfig, publish_now
 
 # A common P-DATA payload size (PS3.8 D.1 Maximum Length), so headers straddle fragments.
 FRAGMENT = 16 * 1024
@@ -63,7 +58,9 @@ def test_bench_writer_publish_none(benchmark, tmp_path: Path) -> None:
     ds = make_dataset("ct")
     ds.PixelData = bytes(INSTANCE_BYTES - len(_CT_BYTES) + len(_CT.PixelData))
     chunks = _fragments(_data_set(ds))
-    config = make_config(tmp_path, durability="none")
+    config = StorageConfig(root=str(tmp_path), durability="none",
+                           implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                           implementation_version_name=IMPLEMENTATION_VERSION_NAME)
 
     def run() -> InstanceRecord:
         writer = InstanceWriter(config, ds.SOPClassUID, ds.SOPInstanceUID, _CT_TS, "MODALITY", "ARCHIVE", received_at=0.0)
