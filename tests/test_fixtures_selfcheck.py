@@ -10,7 +10,6 @@ reaped, forked children included.
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -19,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from bench.procs import group_alive
 from tests import peers
 from tests.dicomdata import (
     KINDS,
@@ -198,8 +198,8 @@ def test_stop_kills_forked_storescp_children(storescp, peer_log_dir: Path) -> No
     pgid = scp._proc.popen.pid
     scp.stop()
     assert not scp.running
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pgid, 0)
+    # No live member left; a forked child's zombie may wait a moment for init to reap it.
+    assert not group_alive(pgid)
 
 
 # ------------------------------------------------------------------------------ cross-peer
