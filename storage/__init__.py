@@ -53,6 +53,7 @@ from ._ports import (
 from ._posix import PosixInstanceStore
 from ._record import IndexStats, InstanceRecord
 from ._segments import JournalSegments
+from ._integrity import SUPERSEDED_DIR, FileCheck, Generations, file_generation, resolve
 from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
     TEMP_DIR,
@@ -68,6 +69,11 @@ from ._writer import (
 )
 
 __all__ = [
+    "FileCheck",
+    "Generations",
+    "SUPERSEDED_DIR",
+    "file_generation",
+    "resolve",
     # errors
     "StorageError",
     "StoreRefused",

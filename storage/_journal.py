@@ -36,6 +36,7 @@ import msgspec
 
 from ._part10 import StorageError
 from ._ports import Catalog
+from ._integrity import FileCheck
 from ._record import InstanceRecord
 
 __all__ = [
@@ -158,7 +159,7 @@ class JournalWriter:
                 done = 0
                 while done < len(view):
                     done += os.write(self._fd, view[done:])
-            except OSError as exc:
+            except OSError:
                 try:
                     os.ftruncate(self._fd, start)
                 except OSError as cut:
@@ -242,12 +243,18 @@ def _segments(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return [(e[: -len(_SUFFIX)], os.path.join(directory, e)) for e in entries if e.endswith(_SUFFIX)]
 
 
-def replay(root: str | os.PathLike[str], catalog: Catalog, batch: int = _REPLAY_BATCH) -> int:
+def replay(
+    root: str | os.PathLike[str],
+    catalog: Catalog,
+    batch: int = _REPLAY_BATCH,
+    files: FileCheck | None = None,
+) -> int:
     """Carry every journalled record not yet in ``catalog`` into it; return how many.
 
     Each segment is read from the offset the catalog records for it; each batch of
     records is applied with the offset it reaches, so replaying twice (or after a
-    crash in the middle) gives the same rows.
+    crash in the middle) gives the same rows. ``files`` is passed to
+    :meth:`Catalog.apply` (decide each record against the disk).
     """
     total = 0
     for name, path in _segments(root):
@@ -256,11 +263,11 @@ def replay(root: str | os.PathLike[str], catalog: Catalog, batch: int = _REPLAY_
         for record, end in JournalReader(path).read_from(start):
             pending.append(record)
             if len(pending) >= batch:
-                catalog.apply(pending, {name: end})
+                catalog.apply(pending, {name: end}, files)
                 total += len(pending)
                 pending = []
         if pending:
-            catalog.apply(pending, {name: end})
+            catalog.apply(pending, {name: end}, files)
             total += len(pending)
     return total
 

@@ -30,6 +30,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 import msgspec
 
 from ._part10 import StorageError
+from ._integrity import FileCheck
 from ._record import IndexStats, InstanceRecord
 
 __all__ = [
@@ -180,10 +181,20 @@ class Catalog(Protocol):
     """What is stored: one :class:`~storage.InstanceRecord` per SOP Instance UID, and
     how far each journal segment has been carried into it."""
 
-    def apply(self, records: Iterable[InstanceRecord], progress: Mapping[str, int] = NO_PROGRESS) -> None:
-        """Store ``records`` (replacing any with the same SOP Instance UID) and set the
-        journal offsets in ``progress``, in one transaction: all or nothing. This is
-        what makes journal replay exactly-once."""
+    def apply(
+        self,
+        records: Iterable[InstanceRecord],
+        progress: Mapping[str, int] = NO_PROGRESS,
+        files: FileCheck | None = None,
+    ) -> None:
+        """Store ``records`` and set the journal offsets in ``progress``, in one
+        transaction: all or nothing. This is what makes journal replay exactly-once.
+
+        With ``files`` (the node's storage root), records are decided against the rows
+        they meet and against the files, by :func:`storage.resolve`, inside the
+        transaction, and copies that lost are moved away: the index then always
+        describes the file on disk. Without it, a record replaces the row of the same
+        SOP Instance UID unconditionally (tests, tools that know better)."""
         ...
 
     def progress(self, journal: str) -> int:

@@ -26,6 +26,7 @@ import pathlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from ._integrity import FileCheck, resolve, uids
 from ._ports import FIND_KEYS, NO_PROGRESS, CatalogBusy, CatalogCorrupt, CatalogError
 from ._record import IndexStats, InstanceRecord
 
@@ -169,6 +170,8 @@ _INSERT = (f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}, node) "
            f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
 _PROGRESS = "INSERT OR REPLACE INTO journal_progress (journal, offset) VALUES (?, ?)"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
+# Bound parameters per statement: SQLite's default limit is 999 in older builds.
+_MAX_PARAMETERS = 500
 # A writer holding the database (another process's batch) is waited for this long
 # before SQLITE_BUSY surfaces: batches commit in milliseconds, 10 s means trouble.
 _BUSY_TIMEOUT_S = 10.0
@@ -261,16 +264,28 @@ class SqliteCatalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def apply(self, records: Iterable[InstanceRecord], progress: Mapping[str, int] = NO_PROGRESS) -> None:
+    def apply(
+        self,
+        records: Iterable[InstanceRecord],
+        progress: Mapping[str, int] = NO_PROGRESS,
+        files: FileCheck | None = None,
+    ) -> None:
         """Store ``records`` and the journal offsets in ``progress`` in one transaction.
 
         Either all of them are committed or none is, which is what makes journal replay
         exactly-once: the offsets say how far the rows already reflect each journal.
+        With ``files``, the batch is decided by :func:`~storage.resolve` against the
+        rows it meets, inside the transaction (``BEGIN IMMEDIATE`` serialises every
+        writer, so no two decisions interleave), and losing copies are moved away
+        before the commit (a crash in between is healed by replaying the same batch).
         """
         db = self._db
+        records = list(records)
         with _translated():
             db.execute("BEGIN IMMEDIATE")
             try:
+                if files is not None:
+                    records = self._resolve(records, files)
                 node = (self.node,)
                 db.executemany(_INSERT, [_fields(r) + node for r in records])
                 if progress:
@@ -281,6 +296,22 @@ class SqliteCatalog:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+
+    def _resolve(self, records: list[InstanceRecord], files: FileCheck) -> list[InstanceRecord]:
+        existing = {}
+        wanted = uids(records)
+        for start in range(0, len(wanted), _MAX_PARAMETERS):
+            chunk = wanted[start:start + _MAX_PARAMETERS]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._db.execute(f"{_SELECT} WHERE sop_instance_uid IN ({marks})", chunk):
+                record = InstanceRecord(*row)
+                existing[record.sop_instance_uid] = record
+        if not existing and len(wanted) == len(records):
+            return records  # every instance new and once: nothing to decide
+        written, superseded = resolve(records, existing, files)
+        for record in superseded:
+            files.supersede(record)
+        return written
 
     def progress(self, journal: str) -> int:
         """Byte offset up to which ``journal``'s records are indexed (0 when unknown)."""

@@ -42,6 +42,7 @@ import msgspec
 from ._journal import JournalError, JournalWriter
 from ._meta import MetadataExtractor
 from ._part10 import StorageError, build_file_meta
+from ._integrity import Generations
 from ._ports import Refusal, StoreRefused
 from ._record import InstanceRecord
 
@@ -68,6 +69,8 @@ _MAX_UID = 64
 _NO_HARD_LINKS = frozenset((errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP))
 # PS3.5 Table 6.2-1: an AE title is at most 16 characters.
 _MAX_AE = 16
+#: This process's publish generations (one strictly increasing sequence per process).
+_GENERATIONS = Generations()
 
 
 def is_valid_uid(uid: object) -> bool:
@@ -365,6 +368,13 @@ class InstanceWriter:
         self._dirs = tuple(dirs)
         if config.duplicate_policy != "overwrite" and os.path.lexists(self.final_path):
             self._found_duplicate()
+        # The copy's generation, stamped on the file itself as its mtime before it can
+        # become visible: the index is checked against it (storage/_integrity.py).
+        generation = _GENERATIONS.next()
+        try:
+            os.utime(self._fd, ns=(generation, generation))
+        except OSError as exc:
+            raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot stamp instance: {exc}", exc) from exc
         self.record = InstanceRecord(
             sop_instance_uid=self.sop_instance_uid,
             sop_class_uid=self.sop_class_uid,
@@ -382,6 +392,7 @@ class InstanceWriter:
             calling_ae=self.calling_ae,
             called_ae=self.called_ae,
             received_at=float(self.received_at or 0.0),
+            generation=generation,
         )
         self._state = _FINISHED
         return self.record

@@ -15,9 +15,9 @@ behind (the mark of an unclean stop), and at run time when a worker dies abnorma
 A record rebuilt from a file has the file's own metadata, digest and size, the AE
 titles of its File Meta Information, and its mtime as the reception time.
 
-Known limit: a *replacement* of an indexed instance that was renamed but not journalled
-keeps the old row when the sizes are equal (telling them apart means hashing every
-recent file).
+A replacement of an indexed instance that was renamed but not journalled is told apart
+from the indexed copy by its generation (the file's mtime, which every publish stamps),
+whatever the sizes.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from collections.abc import Iterable
 from storage import (
     TEMP_DIR,
     Catalog,
+    FileCheck,
     InstanceRecord,
     MetadataExtractor,
     NotDicomError,
+    file_generation,
     is_valid_uid,
     journal_dir,
     read_file_meta,
@@ -96,6 +98,7 @@ def record_from_file(root: str, path: str) -> InstanceRecord:
         calling_ae=meta.sending_ae_title or meta.source_ae_title or "",
         called_ae=meta.receiving_ae_title or "",
         received_at=st.st_mtime,
+        generation=file_generation(st),
     )
 
 
@@ -118,9 +121,15 @@ def _recent_files(root: str, since: float) -> Iterable[str]:
                         continue
 
 
-def reconcile(root: str, index: Catalog, since: float, until: float | None = None) -> int:
+def reconcile(root: str, index: Catalog, since: float, until: float | None = None,
+              files: FileCheck | None = None) -> int:
     """Index every instance file modified since ``since`` (and not after ``until``) that
-    the index lacks (or sizes differently); return how many records were written."""
+    the index does not describe: no row, a row for another copy (its size or generation
+    differ) or for another path. Records are built from the files and applied through
+    the same rules as journalled ones (``files``; by default the root with the
+    ``overwrite`` policy), so a file that lost to a newer copy elsewhere is moved away
+    rather than indexed. Returns how many records were offered."""
+    files = files if files is not None else FileCheck(root)
     pending: list[InstanceRecord] = []
     written = 0
     for path in _recent_files(root, since):
@@ -130,18 +139,19 @@ def reconcile(root: str, index: Catalog, since: float, until: float | None = Non
             if until is not None and st.st_mtime > until:
                 continue
             row = index.get(uid)
-            if row is not None and row.size == st.st_size:
+            relative = os.path.relpath(path, root).replace(os.sep, "/")
+            if row is not None and row.path == relative and files.matches(row, st):
                 continue
             pending.append(record_from_file(root, path))
         except (OSError, NotDicomError) as exc:
             log.warning("cannot index %s: %s", path, exc)
             continue
         if len(pending) >= _BATCH:
-            index.apply(pending)
+            index.apply(pending, files=files)
             written += len(pending)
             pending = []
     if pending:
-        index.apply(pending)
+        index.apply(pending, files=files)
         written += len(pending)
     return written
 
