@@ -154,12 +154,12 @@ def test_replay_after_crash_between_batches(tmp_path: Path) -> None:
         real = index.apply
         calls = 0
 
-        def crash_on_second(records, progress):
+        def crash_on_second(records, progress, files=None):
             nonlocal calls
             calls += 1
             if calls == 2:
                 raise KeyboardInterrupt("crash")
-            real(records, progress)
+            real(records, progress, files)
 
         index.apply = crash_on_second  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
