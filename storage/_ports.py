@@ -213,6 +213,11 @@ class Catalog(Protocol):
 
     def contains(self, sop_instance_uid: str) -> bool: ...
 
+    def remove(self, sop_instance_uids: Iterable[str]) -> int:
+        """Delete the rows of these instances (their files are gone); how many went.
+        Only repair tools call this: the node itself never forgets an instance."""
+        ...
+
     def list(self, limit: int = 100, study: str | None = None) -> list[InstanceRecord]:
         """Up to ``limit`` records, most recently received first, optionally of one study."""
         ...

@@ -342,6 +342,25 @@ class SqliteCatalog:
             row = self._db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
         return row is not None
 
+    def remove(self, sop_instance_uids: Iterable[str]) -> int:
+        wanted = list(sop_instance_uids)
+        removed = 0
+        with _translated():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(wanted), _MAX_PARAMETERS):
+                    chunk = wanted[start:start + _MAX_PARAMETERS]
+                    marks = ", ".join("?" * len(chunk))
+                    removed += self._db.execute(
+                        f"DELETE FROM instances WHERE sop_instance_uid IN ({marks})", chunk).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        return removed
+
     def list(self, limit: int = 100, study: str | None = None) -> list[InstanceRecord]:
         """Up to ``limit`` records, most recently received first, optionally of one study."""
         with _translated():

@@ -38,6 +38,20 @@ example: scpfleet serve --port 11112 --aet ARCHIVE --storage /srv/dicom --worker
     --durability batch --metrics-port 9110"""
 
 
+_VERIFY_DESCRIPTION = """\
+Walk the storage root and the index and report every disagreement: a row whose file is
+missing, a row describing another copy than the file at its path, an instance file no
+row describes, a second file of an instance at another path, and with --digests a file
+whose bytes no longer match its row's digest (damaged). Safe while the node runs (work
+in flight may show as a passing disagreement). Exit status 0: they agree; 1: problems.
+
+--repair (node stopped) rebuilds records from the files and applies them through the
+node's own rules: each path's file wins at its path, the duplicate policy decides
+between paths and the losing copy moves to STORAGE/.superseded; a row whose file is
+gone is restored from .superseded when that very copy is there, else removed. Damaged
+files are reported, never rewritten."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (status 2)."""
 
@@ -149,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_stats)
 
+    verify = sub.add_parser(
+        "verify", help="check that the index describes the files on disk (and repair it)",
+        description=_VERIFY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_storage_options(verify)
+    verify.add_argument("--digests", action="store_true",
+                        help="also hash every file and compare with its row's digest (reads all data)")
+    verify.add_argument("--repair", action="store_true",
+                        help="fix what the files can settle; the node must be stopped")
+    verify.add_argument("--duplicates", choices=("overwrite", "keep", "reject"),
+                        help="when repairing, which of two copies at different paths wins: the newer "
+                             "(overwrite) or the first (keep, reject); default: the node's setting")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    verify.set_defaults(func=_verify)
+
     try:
         from bench import cli as bench_cli
     except ImportError:
@@ -251,6 +280,79 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"instances: {stats.instances}\nbytes: {stats.bytes} ({format_bytes(stats.bytes)})\n"
           f"studies: {stats.studies}\nseries: {stats.series}\npatients: {stats.patients}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from storage import CatalogError, FileCheck, open_catalog
+
+    from .config import ConfigError
+    from .verify import RootBusy, lock_root, print_progress, repair, verify
+
+    try:
+        config = _config(args, {"storage": "storage", "index": "index"})
+    except ConfigError as exc:
+        return _fail(str(exc))
+    root = os.path.abspath(config.storage)
+    if not os.path.isdir(root):
+        return _fail(f"no storage at {root}", 1)
+    if not os.path.exists(config.index_path):
+        return _fail(f"no index at {config.index_path} (nothing stored yet, or wrong --storage)", 1)
+    policy = args.duplicates or config.duplicates
+    files = FileCheck(root, policy)
+    progress = None if args.quiet or args.json else print_progress
+    lock = None
+    try:
+        if args.repair:
+            lock = lock_root(root)
+        with open_catalog(config.index_path) as catalog:
+            report = verify(root, catalog, files, digests=args.digests, progress=progress)
+            fixed = None
+            if args.repair and report.problems:
+                fixed = repair(root, catalog, files, report)
+                report_after = verify(root, catalog, files, digests=args.digests, progress=progress)
+            else:
+                report_after = report
+    except RootBusy as exc:
+        return _fail(str(exc), 1)
+    except CatalogError as exc:
+        return _fail(f"index {config.index_path}: {exc}", 1)
+    except OSError as exc:
+        return _fail(f"storage {root}: {exc.strerror or exc}", 1)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    if args.json:
+        out = {"before": report.as_dict(), "after": report_after.as_dict()}
+        if fixed is not None:
+            out["repaired"] = {"reindexed": fixed.reindexed, "restored": fixed.restored,
+                               "removed": fixed.removed, "unreadable": fixed.unreadable}
+        print(json.dumps(out, indent=2))
+    else:
+        _print_report(report, "")
+        if fixed is not None:
+            print(f"repaired: {fixed.reindexed} record(s) rebuilt from files, "
+                  f"{fixed.restored} file(s) restored from .superseded, "
+                  f"{fixed.removed} row(s) of missing files removed")
+            _print_report(report_after, "after repair: ")
+    return 0 if report_after.problems == 0 else 1
+
+
+def _print_report(report: Any, prefix: str) -> None:
+    print(f"{prefix}{report.files} instance file(s), {report.rows} row(s), "
+          f"{report.problems} disagreement(s)")
+    for kind, words in (("missing", "row whose file is missing"),
+                        ("mismatch", "row describing another copy than its file"),
+                        ("damaged", "file whose data no longer matches its digest"),
+                        ("unindexed", "instance file without a row"),
+                        ("duplicate", "second file of an instance"),
+                        ("unreadable", "unreadable file")):
+        items = getattr(report, kind)
+        if items:
+            print(f"  {len(items)} {words}{'s' if len(items) > 1 else ''}:")
+            for item in items[:20]:
+                print(f"    {item}")
+            if len(items) > 20:
+                print(f"    ... and {len(items) - 20} more (--json lists all)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,3 +135,31 @@ def test_records_survive_reopening(opener: Callable[[], Catalog]) -> None:
     with opener() as again:
         assert again.get("1.2.3.2") == record(2)
         assert again.count() == 2 and again.progress("w0-1-1") == 64
+
+
+def test_remove_deletes_only_the_named_rows(catalog: Catalog) -> None:
+    catalog.apply([record(n) for n in range(1, 6)])
+    assert catalog.remove(["1.2.3.2", "1.2.3.4", "1.2.3.99"]) == 2
+    assert uids(catalog.find({})) == ["1.2.3.1", "1.2.3.3", "1.2.3.5"]
+    assert catalog.remove([]) == 0
+
+
+def test_apply_with_files_decides_against_the_disk(catalog: Catalog, tmp_path: Path) -> None:
+    """Contract: with a FileCheck, a record whose file is not the one at its path never
+    replaces a row (the rules themselves are tests/storage/test_integrity.py's)."""
+    import os
+
+    import msgspec
+
+    from storage import FileCheck
+
+    root = tmp_path / "files"
+    current = msgspec.structs.replace(record(7), generation=10**18 + 2, size=3)
+    stale = msgspec.structs.replace(record(7, patient="OLD"), generation=10**18 + 1, size=3)
+    path = root / current.path
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"abc")
+    os.utime(path, ns=(current.generation, current.generation))
+    catalog.apply([current], files=FileCheck(root))
+    catalog.apply([stale], files=FileCheck(root))
+    assert catalog.get("1.2.3.7") == current
