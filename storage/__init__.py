@@ -34,6 +34,7 @@ from ._journal import (
     retire,
     segment_lock_path,
     segment_name,
+    segment_names,
     segment_path,
 )
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
@@ -118,6 +119,7 @@ __all__ = [
     "JournalTail",
     "journal_dir",
     "segment_name",
+    "segment_names",
     "segment_path",
     "segment_lock_path",
     "replay",

@@ -52,6 +52,7 @@ __all__ = [
     "JournalReader",
     "JournalTail",
     "segment_name",
+    "segment_names",
     "journal_dir",
     "segment_path",
     "segment_lock_path",
@@ -335,14 +336,18 @@ class JournalTail:
             self._fd = -1
 
 
-def _segments(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """``(name, path)`` of every segment under ``root``, oldest name first."""
-    directory = journal_dir(root)
+def segment_names(root: str | os.PathLike[str]) -> list[str]:
+    """Names of the segments under ``root`` now (one ``listdir``; none without a journal)."""
     try:
-        entries = sorted(os.listdir(directory))
+        entries = os.listdir(journal_dir(root))
     except FileNotFoundError:
         return []
-    return [(e[: -len(_SUFFIX)], os.path.join(directory, e)) for e in entries if e.endswith(_SUFFIX)]
+    return [e[: -len(_SUFFIX)] for e in entries if e.endswith(_SUFFIX)]
+
+
+def _segments(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """``(name, path)`` of every segment under ``root``, oldest name first."""
+    return [(name, segment_path(root, name)) for name in sorted(segment_names(root))]
 
 
 def replay(root: str | os.PathLike[str], catalog: Catalog, batch: int = _REPLAY_BATCH) -> int:

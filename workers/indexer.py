@@ -46,9 +46,9 @@ from storage import (
     CatalogError,
     InstanceRecord,
     JournalTail,
-    journal_dir,
     open_catalog,
     segment_lock_path,
+    segment_names,
     segment_path,
 )
 
@@ -83,7 +83,6 @@ _STATS_INTERVAL_S = 1.0
 _STOP_GRACE_S = 20.0
 
 _SEGMENT_WORKER = re.compile(r"w(\d+)-")
-_LOG_SUFFIX = ".log"
 
 
 def segment_worker(name: str) -> int | None:
@@ -129,7 +128,6 @@ class Indexer:
         self.j = spec.index
         self.m = cfg.indexers
         self.root = cfg.storage
-        self.directory = journal_dir(self.root)
         self.index = open_catalog(cfg.index_path)
         self.sel = selectors.DefaultSelector()
         self.segments: dict[str, _Segment] = {}
@@ -148,17 +146,11 @@ class Indexer:
 
     def _shard(self) -> set[str]:
         """Names of the segments of this indexer's workers now in the journal directory."""
-        try:
-            entries = os.listdir(self.directory)
-        except FileNotFoundError:
-            return set()
         names = set()
-        for entry in entries:
-            if entry.endswith(_LOG_SUFFIX):
-                name = entry[: -len(_LOG_SUFFIX)]
-                worker = segment_worker(name)
-                if worker is not None and worker % self.m == self.j:
-                    names.add(name)
+        for name in segment_names(self.root):
+            worker = segment_worker(name)
+            if worker is not None and worker % self.m == self.j:
+                names.add(name)
         return names
 
     def _follow(self, name: str) -> _Segment | None:

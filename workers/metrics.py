@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from storage import CatalogError, journal_dir, open_catalog
+from storage import CatalogError, open_catalog, segment_names, segment_path
 
 from .indexer import segment_worker
 from .ipc import LATENCY_BUCKETS, IndexerStats, ListenerStats, WorkerStats
@@ -83,17 +83,12 @@ def index_lag(root: str, index_path: str, indexers: int = 1) -> dict[int, tuple[
                 progress = catalog.journal_progress()
         except CatalogError:
             pass  # no index yet (or busy): everything journalled counts as lag
-    directory = journal_dir(root)
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return lag
-    for name in names:
+    for name in segment_names(root):
         worker = segment_worker(name)
-        if not name.endswith(".log") or worker is None:
+        if worker is None:
             continue  # no worker's: only the supervisor's replay reads it
-        path = os.path.join(directory, name)
-        start = progress.get(name[:-4], 0)
+        path = segment_path(root, name)
+        start = progress.get(name, 0)
         try:
             size = os.stat(path).st_size
             if size > start:

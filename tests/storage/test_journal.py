@@ -24,6 +24,7 @@ from storage import (
     retire,
     segment_lock_path,
     segment_name,
+    segment_names,
     segment_path,
 )
 from tests.storage import record
@@ -34,9 +35,12 @@ def test_segment_names_are_unique_per_writer_life(tmp_path: Path) -> None:
     assert segment_name(123, 457, "w") != segment_name(123, 456, "w")
     assert segment_path(tmp_path, "w0-1-2") == os.path.join(journal_dir(tmp_path), "w0-1-2.log")
     assert segment_lock_path(tmp_path, "w0-1-2") == os.path.join(journal_dir(tmp_path), "w0-1-2.lock")
+    assert segment_names(tmp_path) == []  # no journal directory yet
     writer = JournalWriter(tmp_path, "w0-1-2")
     assert writer.path == segment_path(tmp_path, "w0-1-2")
     writer.close()
+    open(segment_lock_path(tmp_path, "w0-1-2"), "w").close()
+    assert segment_names(tmp_path) == ["w0-1-2"]
 
 
 def test_appends_are_reported_in_file_order(tmp_path: Path) -> None:
