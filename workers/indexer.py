@@ -185,7 +185,11 @@ class Indexer:
             self._drop(name)  # gone from the directory: nothing left to follow
         self.behind = False
         read = 0
-        for name in sorted(names):
+        order = sorted(names)
+        if order:  # start with a different segment each poll: a busy one starves none
+            first = self.stats.polls % len(order)
+            order = order[first:] + order[:first]
+        for name in order:
             segment = self.segments.get(name) or self._follow(name)
             if segment is None:
                 continue

@@ -1,8 +1,9 @@
 """The indexer in one process, built without spawning: it tails live segments (waiting at
 a frame being written), keeps failed commits pending with back-off and reads no more
 meanwhile, finishes and retires the segments of writers that are gone (ignoring a torn
-tail), follows its shard ``k % M`` only, and a new indexer resumes from the progress;
-plus the crash reconciliation of files that reached the disk but not the journal."""
+tail), follows its shard ``k % M`` only, shares its reads among segments, leaves an idle
+segment unread, and a new indexer resumes from the progress; plus the crash
+reconciliation of files that reached the disk but not the journal."""
 
 from __future__ import annotations
 
@@ -192,6 +193,22 @@ def test_each_indexer_follows_its_shard_only(tmp_path):
     assert sorted(os.listdir(journal_dir(root))) == ["w2-9-9.lock", "w2-9-9.log", "worker-1-1.log"]
     assert segment_worker("w12-5-6") == 12 and segment_worker("worker-1-1") is None
     os.close(lock)
+
+
+def test_a_segment_with_a_backlog_starves_no_other(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    monkeypatch.setattr(indexer_module, "_BATCH_MAX", 5)
+    first, lock1 = _live_segment(root, "w0-1-1")
+    first.append_many([record(n) for n in range(100, 120)])
+    second, lock2 = _live_segment(root, "w1-2-2")
+    second.append_many([record(n) for n in range(200, 220)])
+    ix = _indexer(root)
+    now = time.monotonic()
+    for _ in range(2):
+        assert ix.poll(now) == 5 and ix.behind and ix.commit()
+    assert ix.index.progress("w0-1-1") > 0 and ix.index.progress("w1-2-2") > 0
+    os.close(lock1)
+    os.close(lock2)
 
 
 def test_an_idle_segment_is_looked_at_not_read(tmp_path, monkeypatch):
