@@ -17,7 +17,8 @@ index it; a :class:`Publisher` makes it durable and visible and appends its
 :class:`InstanceRecord` (:mod:`._record`) to the writer's journal segment
 (:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
 and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
-finished ones. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
+finished ones, and a :class:`JournalTail` follows a live segment as it grows.
+:class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
 :func:`open_catalog`; only that module imports ``sqlite3``. Configuration is passed
 in; nothing is read from module globals. Errors raised on purpose derive from
 :class:`StorageError`.
@@ -26,12 +27,14 @@ in; nothing is read from module globals. Errors raised on purpose derive from
 from ._journal import (
     JournalError,
     JournalReader,
+    JournalTail,
     JournalWriter,
     journal_dir,
     replay,
     retire,
     segment_lock_path,
     segment_name,
+    segment_names,
     segment_path,
 )
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
@@ -119,8 +122,10 @@ __all__ = [
     "TEMP_DIR",
     "JournalWriter",
     "JournalReader",
+    "JournalTail",
     "journal_dir",
     "segment_name",
+    "segment_names",
     "segment_path",
     "segment_lock_path",
     "replay",

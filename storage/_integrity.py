@@ -89,7 +89,10 @@ def _probe_precision(directory: str) -> int:
         got = os.fstat(fd).st_mtime_ns
     finally:
         os.close(fd)
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # swept from .tmp meanwhile
     for precision in (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000,
                       100_000_000, 1_000_000_000):
         if stamp - stamp % precision == got:

@@ -11,16 +11,24 @@ to a dead one's segment.
 A frame is ``<u32 LE payload length> <payload: msgpack InstanceRecord> <u32 LE
 crc32(payload)>``. A crash can tear the last frame; the reader stops at the first frame
 that is short, over-long or fails its CRC, and reports the end of the last good frame,
-so a torn tail is ignored and never indexed. A failed append is cut back off the file
-so later frames never sit behind garbage.
+so a torn tail is ignored and never indexed. A failed append is cut back to its last
+whole frame so later frames never sit behind garbage, and a frame once whole in the
+file is never taken back (a reader may have seen it).
 
 Replay is exactly-once because the catalog stores each segment's offset in the same
 transaction as the rows read up to it (:meth:`Catalog.apply`).
 
+The journal is also the index queue: while a node runs, its indexers follow the live
+segments with a :class:`JournalTail` each, which keeps the file open and reads only
+what was appended since it last looked. A tail cannot tell a frame being written from
+a torn one -- a reader can see part of a concurrent ``write(2)`` -- so it stops before
+either and reads again from there; whoever holds the tail decides, from the segment's
+lock (:func:`segment_lock_path`), when the writer is gone and the tail is torn.
+
 A writer may be given ``on_append``: it is told of every append, with the frames'
 byte range, under the lock that orders appends, so reports leave in file order
-whichever thread appended. That is how a worker forwards records to its indexer, and
-how :class:`~storage.JournalSegments` knows when a segment is full.
+whichever thread appended. That is how :class:`~storage.JournalSegments` knows when a
+segment is full.
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ __all__ = [
     "JournalError",
     "JournalWriter",
     "JournalReader",
+    "JournalTail",
     "segment_name",
+    "segment_names",
     "journal_dir",
     "segment_path",
     "segment_lock_path",
@@ -63,7 +73,8 @@ _MAX_FRAME = 64 * 1024
 # Replay commits this many records per index transaction: large enough to amortise
 # the commit, small enough to keep a transaction short.
 _REPLAY_BATCH = 500
-# Read the segment in chunks of this size while replaying.
+# Read a segment in chunks of this size (replaying, tailing); above the largest frame,
+# so a frame cut by a chunk's end is always whole in the next chunk.
 _READ_CHUNK = 256 * 1024
 
 _encoder = msgspec.msgpack.Encoder()
@@ -108,6 +119,44 @@ def _frames(records: Iterable[InstanceRecord]) -> bytearray:
     return out
 
 
+def _whole_frames(data: bytes | bytearray, size: int) -> int:
+    """Bytes of the whole frames among the first ``size`` bytes of ``data`` (our own frames)."""
+    end = 0
+    while end + _LENGTH.size <= size:
+        (length,) = _LENGTH.unpack_from(data, end)
+        following = end + _LENGTH.size + length + _CRC.size
+        if following > size:
+            break
+        end = following
+    return end
+
+
+# What _decode_frame found at a position.
+_WHOLE, _SHORT, _BAD = 0, 1, 2
+
+
+def _decode_frame(buf: bytes, pos: int) -> tuple[int, InstanceRecord | None, int]:
+    """The frame at ``pos`` of ``buf``: ``(_WHOLE, record, end)``; ``(_SHORT, None, pos)``
+    when ``buf`` ends inside it; ``(_BAD, None, pos)`` when its length is over-long or it
+    fails its CRC or decoding."""
+    if len(buf) - pos < _LENGTH.size:
+        return _SHORT, None, pos
+    (length,) = _LENGTH.unpack_from(buf, pos)
+    if length > _MAX_FRAME:
+        return _BAD, None, pos
+    end = pos + _LENGTH.size + length + _CRC.size
+    if end > len(buf):
+        return _SHORT, None, pos
+    payload = memoryview(buf)[pos + _LENGTH.size : end - _CRC.size]
+    (crc,) = _CRC.unpack_from(buf, end - _CRC.size)
+    if zlib.crc32(payload) != crc:
+        return _BAD, None, pos
+    try:
+        return _WHOLE, _decoder.decode(payload), end
+    except msgspec.DecodeError:
+        return _BAD, None, pos
+
+
 class JournalWriter:
     """Appends records to ``<root>/.journal/<name>.log`` (created, never reopened).
 
@@ -143,9 +192,12 @@ class JournalWriter:
     def append_many(self, records: Iterable[InstanceRecord]) -> int:
         """Append one frame per record with a single ``write``; return the end offset.
 
-        Not durable until :meth:`sync`. On ``OSError`` the partial frames are cut off
-        again; if that fails too the segment refuses further appends
-        (:class:`JournalError`) and the caller must open a new one.
+        Not durable until :meth:`sync`. On ``OSError`` the file is cut back to the end
+        of the last whole frame that reached it: a frame cut in two never stays, and a
+        whole one does (a :class:`JournalTail` may have read it already; its instance's
+        file is in place, and its store is refused and sent again). If the cut fails
+        too the segment refuses further appends (:class:`JournalError`) and the caller
+        must open a new one.
         """
         if self._on_append is not None:
             records = list(records)
@@ -160,10 +212,13 @@ class JournalWriter:
                 while done < len(view):
                     done += os.write(self._fd, view[done:])
             except OSError:
+                keep = start + _whole_frames(data, done)
                 try:
-                    os.ftruncate(self._fd, start)
+                    os.ftruncate(self._fd, keep)
                 except OSError as cut:
                     self._broken = str(cut)
+                else:
+                    self._offset = keep
                 raise
             self._offset = start + len(data)
             if self._on_append is not None:
@@ -197,50 +252,103 @@ class JournalReader:
             buf = b""
             pos = 0
             while True:
-                if len(buf) - pos < _LENGTH.size:
+                status, record, end = _decode_frame(buf, pos)
+                if status == _WHOLE:
+                    offset += end - pos
+                    pos = end
+                    yield record, offset  # type: ignore[misc]
+                elif status == _BAD:
+                    self.torn = True
+                    return
+                else:
                     more = fp.read(_READ_CHUNK)
                     if not more:
                         self.torn = len(buf) > pos
                         return
                     buf = buf[pos:] + more
                     pos = 0
-                    continue
-                (length,) = _LENGTH.unpack_from(buf, pos)
-                if length > _MAX_FRAME:
-                    self.torn = True
-                    return
-                frame_end = pos + _LENGTH.size + length + _CRC.size
-                if frame_end > len(buf):
-                    more = fp.read(max(_READ_CHUNK, frame_end - len(buf)))
-                    if not more:
-                        self.torn = True
-                        return
-                    buf = buf[pos:] + more
-                    pos = 0
-                    continue
-                payload = buf[pos + _LENGTH.size : frame_end - _CRC.size]
-                (crc,) = _CRC.unpack_from(buf, frame_end - _CRC.size)
-                if zlib.crc32(payload) != crc:
-                    self.torn = True
-                    return
-                try:
-                    record = _decoder.decode(payload)
-                except msgspec.DecodeError:
-                    self.torn = True
-                    return
-                offset += frame_end - pos
-                pos = frame_end
-                yield record, offset
+
+
+class JournalTail:
+    """Follows one segment while its writer may still append to it (an indexer's view).
+
+    Keeps the file open and remembers :attr:`offset`, the end of the last good frame it
+    returned, so looking at an idle segment costs one ``fstat`` (:meth:`size`).
+    :meth:`read` returns the good frames after :attr:`offset` and stops at the end of
+    the file, at a limit (then :attr:`more` is true: read again), or before bytes that
+    are not a whole good frame (then :attr:`stalled` is true). While the writer lives
+    those bytes are a frame being written, and the next read starts from the same
+    offset; once the writer is gone they are a torn tail, never returned. The writer
+    never takes back a whole frame (:meth:`JournalWriter.append_many`), so the offset
+    stays on a frame boundary.
+
+    Raises ``FileNotFoundError`` when the segment does not exist.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0) -> None:
+        self.path = os.fspath(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.offset = offset
+        self.more = False
+        self.stalled = False
+
+    def size(self) -> int:
+        """The segment's size now (one ``fstat``)."""
+        return os.fstat(self._fd).st_size
+
+    def read(self, max_records: int, size: int | None = None) -> list[tuple[InstanceRecord, int]]:
+        """``(record, end_offset)`` of at most ``max_records`` good frames after
+        :attr:`offset`, which moves past them. ``size``: the size the caller has just
+        seen (saves an ``fstat``)."""
+        if size is None:
+            size = self.size()
+        self.more = self.stalled = False
+        want = size - self.offset
+        if want <= 0:
+            return []
+        if max_records <= 0:
+            self.more = True
+            return []
+        limit = min(want, _READ_CHUNK)
+        data = os.pread(self._fd, limit, self.offset)
+        out: list[tuple[InstanceRecord, int]] = []
+        base = self.offset
+        pos = 0
+        while True:
+            if len(out) >= max_records:
+                self.more = pos < want
+                break
+            status, record, end = _decode_frame(data, pos)
+            if status == _WHOLE:
+                out.append((record, base + end))  # type: ignore[arg-type]
+                pos = end
+                continue
+            if status == _SHORT and len(data) == limit < want:
+                self.more = True  # the chunk, not the file, ends inside this frame
+            else:
+                self.stalled = pos < len(data)
+            break
+        self.offset = base + pos
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def segment_names(root: str | os.PathLike[str]) -> list[str]:
+    """Names of the segments under ``root`` now (one ``listdir``; none without a journal)."""
+    try:
+        entries = os.listdir(journal_dir(root))
+    except FileNotFoundError:
+        return []
+    return [e[: -len(_SUFFIX)] for e in entries if e.endswith(_SUFFIX)]
 
 
 def _segments(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``(name, path)`` of every segment under ``root``, oldest name first."""
-    directory = journal_dir(root)
-    try:
-        entries = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    return [(e[: -len(_SUFFIX)], os.path.join(directory, e)) for e in entries if e.endswith(_SUFFIX)]
+    return [(name, segment_path(root, name)) for name in sorted(segment_names(root))]
 
 
 def replay(

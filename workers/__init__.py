@@ -28,32 +28,31 @@ to ``<study>/<series>/<sop>.dcm`` and appends its ``InstanceRecord`` to the work
 own journal segment; only then is the C-STORE-RSP sent. Memory per association is
 about one PDU, whatever the instance size.
 
-The index queue, and why it is a stream socket. Each worker appends records to its
-journal from several publisher threads; the store reports every append (``on_append``,
-under the journal's append lock) and the worker forwards it, *in file order*, with its
-byte range ``[start, end)``, as one msgpack frame (:class:`.ipc.IndexBatch`) on a Unix
-stream socket to indexer ``worker % M``. A stream keeps order without sequencing
-logic, its kernel buffer plus a bounded transport buffer is the queue, and a full
-buffer pauses the senders: the C-STORE-RSP waits for queue space, so reading from
-peers slows instead of memory growing. A multiprocessing.Queue would add a feeder
-thread, pickling and unbounded buffering on the sending side.
+The journal is the index queue. Each worker appends records to its own journal
+segment from several publisher threads; that append is all it spends on the index,
+and it sends its indexer nothing. Indexer ``worker % M`` polls the journal directory
+and follows each segment of its workers with a ``storage.JournalTail``: one ``fstat``
+per segment per poll when nothing is new, a poll every 10 ms while records keep
+coming and every 100 ms when idle. The workers' pace never depends on the index: a
+slow, blocked or dead indexer only lets the journal grow (``/metrics`` shows the
+index lag per indexer), and the indexer catches up from it.
 
-Exactly-once, monotonic progress. The journal is the truth, the queue a fast path.
-Each segment has a single progress writer while the node runs: the indexer owning its
-worker (``worker % M``); the supervisor replays only before children start and after
-they all stopped. An indexer applies a batch against the segment's progress: ending
-at or before it, a duplicate, skipped; starting after it, a gap (a dead indexer's
-stream, a stream switch), filled by reading the journal file first. A new stream
-begins with :class:`.ipc.IndexHello`, on which the indexer catches up from the
-journal. Rows and progress commit together (``Catalog.apply``), so progress only
-moves forward and a replay never doubles a row.
+Exactly-once, monotonic progress. Each segment has a single progress writer while the
+node runs: the indexer owning its worker; the supervisor replays only before children
+start and after they all stopped. Rows and progress commit together
+(``Catalog.apply``), and a tail resumes from the committed progress, so progress only
+moves forward and a restart or a replay never doubles a row. A tail stops before bytes
+that are not yet a whole good frame: while the writer holds the segment's lock, they
+are a frame being written (a reader can see part of a concurrent ``write(2)``), read
+again next poll.
 
 Dead writers. A worker's store locks ``<segment>.lock`` before creating the segment
-and holds it until the segment is closed, so "the lock can be taken" means "the writer is gone" (pid-reuse proof).
-The owning indexer finishes such a segment -- reads it to the end, commits, deletes it
--- when its stream ends, when the worker announces a new segment (a segment is rotated
-past ``journal-segment-bytes`` and released once the stores publishing into it are
-done), or when a periodic sweep finds it.
+and holds it until the segment is closed, so "the lock can be taken" means "the
+writer is gone" (pid-reuse proof). The owning indexer tries an idle segment's lock
+twice a second; once it can take it,
+the segment -- rotated past ``journal-segment-bytes`` and released once the stores
+publishing into it were done, or left by a worker that stopped or died -- is read to
+its end (a torn tail is ignored), committed and deleted.
 
 Crashes. Nothing acknowledged is lost after kill -9 of any process or all of them: at
 start the supervisor removes temporary files (``storage.sweep_temp``), replays every

@@ -1,25 +1,33 @@
-"""An indexer process: carries published records into the SQLite index, in batches.
+"""An indexer process: follows its workers' journal segments into the SQLite index.
 
-Theory of operation: indexer ``j`` of ``M`` owns the journal segments of workers
-``k`` with ``k % M == j``; it is the only process that writes their rows and their
+Theory of operation: the journal is the index queue. Indexer ``j`` of ``M`` owns the
+segments of workers ``k`` with ``k % M == j`` (named ``w<k>-<pid>-<ns>``,
+:func:`segment_worker`); it is the only process that writes their rows and their
 ``journal_progress`` while the node runs (the supervisor replays only before any child
 starts and after all have stopped), so each segment's progress has one writer and
-moves forward only. Each of its workers streams :class:`~workers.ipc.IndexBatch`
-frames, one per journal append, in file order. A batch is applied against the
-segment's progress: ending at or before it, it is a duplicate and skipped; starting
-after it, the records in between were lost on the way (a dead indexer's stream, a
-switch of streams) and are read back from the journal file first. So the queue is the
-fast path and the journal is the truth, and nothing journalled is missed or doubled.
+moves forward only. Workers never wait for an indexer and send it nothing.
 
-Records are committed with :meth:`storage.Catalog.apply` together with the
-offsets they reach, every ``_BATCH_MAX`` records or ``_BATCH_DELAY_S`` after the first
-pending one. While a commit fails (disk full) the records stay pending and reading
-pauses when too many wait, which in turn slows the workers (the queue fills).
+It polls. One ``listdir`` of ``<root>/.journal`` finds the segments of its shard (a
+worker's current one, rotated ones, orphans of workers that died while no indexer
+ran); each is followed by a :class:`storage.JournalTail` opened at the segment's
+progress, so a segment with nothing new costs one ``fstat``. The interval is short
+while records keep coming and backs off when the journal is idle. A tail stops before
+bytes that are not yet a whole good frame; while the writer holds the segment's lock
+that is a frame being written right now, read again from the same offset next poll.
 
-A segment is *finished* when its writer is gone: its stream ends, or a sweep finds its
-``.lock`` free (a worker holds the lock of its segment for life and takes it before the
-segment exists). A finished segment is read to its end, committed, and deleted
-(``retire``), so dead workers leave nothing behind.
+Records are committed with :meth:`storage.Catalog.apply` together with the offsets they
+reach, every ``_BATCH_MAX`` records or ``_BATCH_DELAY_S`` after the first pending one.
+While commits fail (the database locked, down, or its disk full) the records stay
+pending, the commit is retried with back-off, and nothing more is read than one batch:
+memory stays bounded, the workers go on storing and acknowledging, and the journal
+grows until the index catches up.
+
+A segment is *finished* when its writer is gone. A segment that brings nothing new is
+asked every ``_LIVENESS_S`` whether its ``.lock`` can be taken (a worker takes the lock
+before the segment exists and holds it until it has closed the segment: rotated, or
+the worker stopped or died). The indexer then keeps the lock, reads the segment to its
+end -- bytes that are not a good frame are now a torn tail, never indexed --, commits,
+and deletes it, so rotated segments and dead workers leave nothing behind.
 """
 
 from __future__ import annotations
@@ -36,46 +44,43 @@ import time
 
 from storage import (
     CatalogError,
+    FileCheck,
     InstanceRecord,
-    JournalReader,
-    journal_dir,
+    JournalTail,
     open_catalog,
     segment_lock_path,
+    segment_names,
     segment_path,
 )
 
-from .ipc import (
-    Attach,
-    FrameReader,
-    IndexBatch,
-    IndexerStats,
-    IndexHello,
-    Ready,
-    Spec,
-    Stop,
-    recv_control,
-    send_control,
-)
+from .ipc import IndexerStats, Ready, Spec, Stop, recv_control, send_control
 
 __all__ = ["main", "Indexer", "segment_worker"]
 
 log = logging.getLogger("scpfleet.indexer")
 
 # A transaction of a few thousand rows commits in milliseconds; bigger ones only delay
-# the index and hold the write lock longer.
+# the index and hold the write lock longer. Also the most records read and not yet
+# committed: what a stalled database costs in memory.
 _BATCH_MAX = 2000
 # Latency from publish to index when the rate is low.
 _BATCH_DELAY_S = 0.02
-# Stop reading streams while this many records wait for a commit that keeps failing.
-_PENDING_MAX = 50_000
-# Wait between retries of a failed commit.
-_RETRY_S = 1.0
-# Orphaned segments (a worker that died while this indexer was down) are looked for
-# this often; the look is one listdir and a try-lock per segment of this shard.
-_SWEEP_S = 30.0
+# Poll interval while records keep coming: well under _BATCH_DELAY_S, so a batch
+# fills from several reads; a poll is a listdir and an fstat per segment.
+_POLL_MIN_S = 0.01
+# Poll interval of an idle journal (the interval doubles up to it): ten cheap polls a
+# second, and the first record after a pause waits at most this long.
+_POLL_MAX_S = 0.1
+# How often a segment that brings nothing new is asked whether its writer is gone (one
+# flock): a rotated or dead writer's segment is finished and deleted within this long.
+_LIVENESS_S = 0.5
+# A failed commit is retried after this long, doubling up to the maximum: a database
+# that is down is not hammered, and one that is back is used within the maximum.
+_RETRY_MIN_S = 0.5
+_RETRY_MAX_S = 5.0
 _STATS_INTERVAL_S = 1.0
-_READ_SIZE = 256 * 1024
-# After Stop, streams get this long to end (workers flushing) before the indexer quits.
+# After Stop, the final catch-up gives up after this long (the supervisor replays what
+# is left, and kills an indexer that takes longer than its own limit).
 _STOP_GRACE_S = 20.0
 
 _SEGMENT_WORKER = re.compile(r"w(\d+)-")
@@ -87,14 +92,33 @@ def segment_worker(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class _Stream:
-    __slots__ = ("sock", "worker", "reader", "segment")
+class _Segment:
+    """One segment of this shard being followed."""
 
-    def __init__(self, sock: socket.socket, worker: int) -> None:
-        self.sock = sock
-        self.worker = worker
-        self.reader = FrameReader()
-        self.segment: str | None = None
+    __slots__ = ("name", "tail", "lock_fd", "dead", "checked_at")
+
+    def __init__(self, name: str, tail: JournalTail, lock_fd: int) -> None:
+        self.name = name
+        self.tail = tail
+        self.lock_fd = lock_fd  # -1: no lock file, the writer is long gone
+        self.dead = False  # its lock is ours: nothing more will be appended
+        self.checked_at = float("-inf")
+
+    def writer_gone(self) -> bool:
+        """Take the segment's lock if its writer has let it go (kept until closed)."""
+        if self.lock_fd < 0:
+            return True
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.tail.close()
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
 
 class Indexer:
@@ -106,86 +130,117 @@ class Indexer:
         self.m = cfg.indexers
         self.root = cfg.storage
         self.index = open_catalog(cfg.index_path)
+        #: Every batch is decided against the files (storage/_integrity.py).
+        self.files = FileCheck(cfg.storage, cfg.duplicates)
         self.sel = selectors.DefaultSelector()
-        self.streams: dict[int, _Stream] = {}
-        self.progress: dict[str, int] = {}
+        self.segments: dict[str, _Segment] = {}
         self.pending: list[InstanceRecord] = []
         self.pending_progress: dict[str, int] = {}
         self.pending_since = 0.0
-        # segment -> keep trying while its writer holds it (its stream ended: the writer
-        # is exiting) or not (found by a sweep: a held lock means a live writer).
-        self.finishing: dict[str, bool] = {}
-        # Segments this process finished and deleted (their late batches are ignored).
-        self.retired: set[str] = set()
-        self.reading = True
-        self.stopping = False
-        self.stop_deadline = 0.0
+        # The last poll stopped at a limit, or found a writer gone: read again soon.
+        self.behind = False
+        self.interval = _POLL_MIN_S
+        self.retry_s = 0.0
         self.retry_at = 0.0
+        self.stopping = False
         self.stats = IndexerStats()
 
-    # -- progress and catch-up ------------------------------------------------------------
+    # -- following segments -----------------------------------------------------------------
 
-    def _progress(self, segment: str) -> int:
-        offset = self.progress.get(segment)
-        if offset is None:
-            offset = self.progress[segment] = self.index.progress(segment)
-        return offset
+    def _shard(self) -> set[str]:
+        """Names of the segments of this indexer's workers now in the journal directory."""
+        names = set()
+        for name in segment_names(self.root):
+            worker = segment_worker(name)
+            if worker is not None and worker % self.m == self.j:
+                names.add(name)
+        return names
 
-    def _path(self, segment: str) -> str:
-        return segment_path(self.root, segment)
-
-    def _catch_up(self, segment: str, upto: int | None) -> None:
-        """Queue the segment's records from its progress up to ``upto`` (None: its end)."""
-        offset = self._progress(segment)
-        if upto is not None and upto <= offset:
-            return
-        count = 0
+    def _follow(self, name: str) -> _Segment | None:
+        """Start following ``name`` from its progress; None if that cannot be done now."""
         try:
-            with contextlib.closing(JournalReader(self._path(segment)).read_from(offset)) as frames:
-                for record, end in frames:
-                    if upto is not None and end > upto:
-                        break
-                    self._add(record)
-                    offset = end
-                    count += 1
+            offset = self.index.progress(name)
+        except CatalogError as exc:
+            log.debug("progress of %s unavailable, next poll tries again: %s", name, exc)
+            return None
+        try:
+            tail = JournalTail(segment_path(self.root, name), offset)
         except FileNotFoundError:
+            return None
+        try:
+            lock_fd = os.open(segment_lock_path(self.root, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            lock_fd = -1
+        segment = self.segments[name] = _Segment(name, tail, lock_fd)
+        return segment
+
+    def _drop(self, name: str) -> None:
+        segment = self.segments.pop(name, None)
+        if segment is not None:
+            segment.close()
+
+    def poll(self, now: float, final: bool = False) -> int:
+        """Read what is new in this shard's segments, finish those whose writer is gone;
+        the number of records read. ``final``: ask every idle segment about its writer."""
+        self.stats.polls += 1
+        names = self._shard()
+        for name in [n for n in self.segments if n not in names]:
+            self._drop(name)  # gone from the directory: nothing left to follow
+        self.behind = False
+        read = 0
+        order = sorted(names)
+        if order:  # start with a different segment each poll: a busy one starves none
+            first = self.stats.polls % len(order)
+            order = order[first:] + order[:first]
+        for name in order:
+            segment = self.segments.get(name) or self._follow(name)
+            if segment is None:
+                continue
+            room = _BATCH_MAX - len(self.pending)
+            if room <= 0:
+                self.behind = True
+                break
+            tail = segment.tail
+            size = tail.size()
+            got = tail.read(room, size) if size != tail.offset else []
+            if tail.more:
+                self.behind = True
+            if got:
+                if not self.pending:
+                    self.pending_since = now
+                self.pending.extend(record for record, _end in got)
+                self.pending_progress[name] = tail.offset
+                read += len(got)
+            elif segment.dead:
+                if name not in self.pending_progress and not tail.more:
+                    self._retire(segment)
+            elif final or now - segment.checked_at >= _LIVENESS_S:
+                segment.checked_at = now
+                if segment.writer_gone():
+                    segment.dead = True
+                    self.behind = True  # read what it appended since, then retire it
+        return read
+
+    def _retire(self, segment: _Segment) -> None:
+        """Delete a finished segment: its writer is gone, every good frame is indexed."""
+        try:
+            os.unlink(segment.tail.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            segment.dead = False  # asked again, and retired again, after _LIVENESS_S
+            segment.checked_at = time.monotonic()
+            log.warning("cannot delete finished journal segment %s: %s", segment.name, exc)
             return
-        if count:
-            self.stats.caught_up += count
-            self.pending_progress[segment] = offset
-            self.progress[segment] = offset
-            # A gap (records a lost stream carried) is news; a new stream's catch-up is routine.
-            log.log(logging.INFO if upto is not None else logging.DEBUG,
-                    "caught up %d record(s) of %s from the journal", count, segment)
-        if upto is not None and offset < upto:
-            log.error("journal %s ends at %d before batch start %d", segment, offset, upto)
-
-    def _add(self, record: InstanceRecord) -> None:
-        if not self.pending:
-            self.pending_since = time.monotonic()
-        self.pending.append(record)
-
-    def _on_frame(self, stream: _Stream, frame: IndexHello | IndexBatch) -> None:
-        if type(frame) is IndexBatch:
-            segment = frame.segment
-            if segment in self.retired:
-                return  # a late batch of a segment already read to its end and deleted
-            offset = self._progress(segment)
-            if frame.end <= offset:
-                return  # already indexed (caught up from the journal)
-            if frame.start > offset:
-                self._catch_up(segment, frame.start)
-            if not self.pending:
-                self.pending_since = time.monotonic()
-            self.pending.extend(frame.records)
-            self.pending_progress[segment] = frame.end
-            self.progress[segment] = frame.end
-        else:
-            if stream is not None and stream.segment is not None and stream.segment != frame.segment:
-                self.finishing[stream.segment] = True  # rotated: finished once released
-            if stream is not None:
-                stream.segment = frame.segment
-            self._catch_up(frame.segment, None)
+        try:
+            self.index.forget_journal(segment.name)
+        except CatalogError as exc:  # a progress row of a segment that no longer exists is inert
+            log.warning("progress of retired journal segment %s not forgotten: %s", segment.name, exc)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(segment_lock_path(self.root, segment.name))
+        self._drop(segment.name)
+        self.stats.retired += 1
+        log.info("journal segment %s finished and retired", segment.name)
 
     # -- commits --------------------------------------------------------------------------
 
@@ -194,121 +249,27 @@ class Indexer:
         if not self.pending:
             return True
         try:
-            self.index.apply(self.pending, self.pending_progress)
+            self.index.apply(self.pending, self.pending_progress, self.files)
         except CatalogError as exc:
             self.stats.commit_errors += 1
-            log.error("index commit of %d record(s) failed, will retry: %s", len(self.pending), exc)
-            self.retry_at = time.monotonic() + _RETRY_S
+            self.retry_s = min(self.retry_s * 2, _RETRY_MAX_S) if self.retry_s else _RETRY_MIN_S
+            self.retry_at = time.monotonic() + self.retry_s
+            log.error("index commit of %d record(s) failed, will retry in %.1f s: %s",
+                      len(self.pending), self.retry_s, exc)
             return False
+        if self.retry_s:
+            log.info("index commit succeeded again; catching up from the journal")
+            self.retry_s = 0.0
         self.stats.indexed += len(self.pending)
         self.stats.batches += 1
         self.pending = []
         self.pending_progress = {}
         return True
 
-    # -- finished segments ----------------------------------------------------------------
-
-    def _finish(self, segment: str) -> bool | None:
-        """Index a dead writer's segment to its end and delete it. None: its writer still
-        holds it; False: the commit failed."""
-        lock_path = segment_lock_path(self.root, segment)
-        try:
-            lock_fd: int | None = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            lock_fd = None
-        try:
-            if lock_fd is not None:
-                try:
-                    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return None
-            self._catch_up(segment, None)
-            if not self.commit():
-                return False
-            try:
-                os.unlink(self._path(segment))
-            except FileNotFoundError:
-                pass
-            self.index.forget_journal(segment)
-            self.progress.pop(segment, None)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock_path)
-            self.stats.retired += 1
-            self.retired.add(segment)
-            log.info("journal segment %s finished and retired", segment)
-            return True
-        finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
-
-    def _sweep(self) -> None:
-        """Queue for finishing every segment of this shard whose writer is gone."""
-        try:
-            names = os.listdir(journal_dir(self.root))
-        except FileNotFoundError:
-            return
-        live = {s.segment for s in self.streams.values() if s.segment}
-        for name in names:
-            if not name.endswith(".log"):
-                continue
-            segment = name[: -len(".log")]
-            worker = segment_worker(segment)
-            if worker is None or worker % self.m != self.j or segment in live:
-                continue
-            self.finishing.setdefault(segment, False)
-
-    def _try_finishing(self) -> None:
-        for segment, ended in sorted(self.finishing.items()):
-            done = self._finish(segment)
-            if done or (done is None and not ended):
-                del self.finishing[segment]
-
-    # -- streams --------------------------------------------------------------------------
-
-    def add_stream(self, worker: int, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        stream = _Stream(sock, worker)
-        self.streams[sock.fileno()] = stream
-        if self.reading:
-            self.sel.register(sock, selectors.EVENT_READ, ("stream", stream))
-
-    def _close_stream(self, stream: _Stream) -> None:
-        self.streams.pop(stream.sock.fileno(), None)
-        if self.reading:
-            self.sel.unregister(stream.sock)
-        stream.sock.close()
-        if stream.segment is not None:
-            self.finishing[stream.segment] = True
-        else:
-            self._sweep()
-
-    def _on_stream(self, stream: _Stream) -> None:
-        try:
-            data = stream.sock.recv(_READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_stream(stream)
-            return
-        try:
-            frames = stream.reader.feed(data)
-        except ValueError as exc:
-            # Cannot happen between our own processes; restarting re-reads the journals.
-            raise RuntimeError(f"worker {stream.worker} index queue corrupt: {exc}") from exc
-        for frame in frames:
-            self._on_frame(stream, frame)
-
-    def _set_reading(self, on: bool) -> None:
-        if on == self.reading:
-            return
-        for stream in self.streams.values():
-            if on:
-                self.sel.register(stream.sock, selectors.EVENT_READ, ("stream", stream))
-            else:
-                self.sel.unregister(stream.sock)
-        self.reading = on
+    def _commit_due(self, now: float) -> bool:
+        return bool(self.pending) and now >= self.retry_at and (
+            len(self.pending) >= _BATCH_MAX or now >= self.pending_since + _BATCH_DELAY_S
+        )
 
     # -- control --------------------------------------------------------------------------
 
@@ -326,17 +287,13 @@ class Indexer:
                 self.stop()
                 return
             message, fd = got
+            if fd is not None:
+                os.close(fd)
             if isinstance(message, Stop):
                 self.stop()
-            elif isinstance(message, Attach) and fd is not None and message.kind == "stream":
-                self.add_stream(message.worker, socket.socket(fileno=fd))
-            elif fd is not None:
-                os.close(fd)
 
     def stop(self) -> None:
-        if not self.stopping:
-            self.stopping = True
-            self.stop_deadline = time.monotonic() + _STOP_GRACE_S
+        self.stopping = True
 
     def _send_stats(self) -> None:
         self.stats.pending = len(self.pending)
@@ -350,52 +307,47 @@ class Indexer:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.ctl.setblocking(False)
-        self.sel.register(self.ctl, selectors.EVENT_READ, ("control", None))
-        for worker, fd in self.spec.streams:
-            self.add_stream(worker, socket.socket(fileno=fd))
-        self._sweep()
+        self.sel.register(self.ctl, selectors.EVENT_READ)
         send_control(self.ctl, Ready(os.getpid()))
-        log.info("indexer %d of %d running", self.j, self.m)
-        now = time.monotonic()
-        next_stats = now
-        next_sweep = now + _SWEEP_S
-        while True:
+        log.info("indexer %d of %d following the journals of workers k %% %d == %d", self.j, self.m, self.m, self.j)
+        next_stats = next_poll = time.monotonic()
+        while not self.stopping:
             now = time.monotonic()
-            if self.stopping and (not self.streams or now >= self.stop_deadline):
-                break
-            deadline = min(next_stats, next_sweep)
+            deadline = min(next_stats, next_poll)
             if self.pending:
                 deadline = min(deadline, max(self.pending_since + _BATCH_DELAY_S, self.retry_at))
-            if self.finishing:
-                deadline = min(deadline, now + 0.05)
-            if self.stopping:
-                deadline = min(deadline, self.stop_deadline)
-            for key, _mask in self.sel.select(max(0.0, deadline - now)):
-                kind, stream = key.data
-                if kind == "stream":
-                    self._on_stream(stream)
-                else:
-                    self._on_control()
+            if self.sel.select(max(0.0, deadline - now)):
+                self._on_control()
             now = time.monotonic()
-            if self.pending and now >= self.retry_at and (
-                len(self.pending) >= _BATCH_MAX or now >= self.pending_since + _BATCH_DELAY_S
-            ):
+            if now >= next_poll:
+                read = self.poll(now)
+                self.interval = _POLL_MIN_S if read else min(self.interval * 2, _POLL_MAX_S)
+                next_poll = now + self.interval
+            if self._commit_due(now):
                 self.commit()
-            self._set_reading(len(self.pending) < _PENDING_MAX)
-            if self.finishing and now >= self.retry_at:
-                self._try_finishing()
-            if now >= next_sweep:
-                self._sweep()
-                next_sweep = now + _SWEEP_S
+            if self.behind and len(self.pending) < _BATCH_MAX:
+                next_poll = now  # more to read, and room for it
             if now >= next_stats:
                 self._send_stats()
                 next_stats = now + _STATS_INTERVAL_S
-        # Streams that ended are finished now; the rest are the supervisor's to replay.
-        self.commit()
-        self._try_finishing()
+        self._finish()
         self._send_stats()
+        for name in list(self.segments):
+            self._drop(name)
         self.index.close()
         return 0
+
+    def _finish(self) -> None:
+        """At stop (the workers have stopped first): index what is left, retire what is
+        finished. Live segments and what a failing commit leaves are the supervisor's
+        final replay's."""
+        deadline = time.monotonic() + _STOP_GRACE_S
+        while time.monotonic() < deadline:
+            read = self.poll(time.monotonic(), final=True)
+            if not self.commit():
+                return
+            if not read and not self.behind:
+                return
 
 
 def main(spec: Spec, ctl: socket.socket) -> int:

@@ -1,6 +1,6 @@
-"""Inter-process plumbing of a node: control messages, the index queue, shared slots.
+"""Inter-process plumbing of a node: control messages, listener channels, shared slots.
 
-Theory of operation: the node's processes talk over three kinds of channel, all
+Theory of operation: the node's processes talk over two kinds of channel, both
 created by the supervisor as socket pairs and handed to children either at spawn
 (``pass_fds``) or later over their control socket (``SCM_RIGHTS``):
 
@@ -8,13 +8,11 @@ created by the supervisor as socket pairs and handed to children either at spawn
   :data:`Control` message per packet, optionally carrying one file descriptor
   (:func:`send_control` / :func:`recv_control`). The first message a child reads is its
   :class:`Spec`.
-* **index queue** (``SOCK_STREAM``, worker -> indexer): length-prefixed msgpack frames,
-  :class:`IndexHello` once per stream, then one :class:`IndexBatch` per journal append
-  (:func:`encode_frame` / :class:`FrameReader`). A stream socket keeps order, and its
-  kernel buffer plus the sender's bounded transport buffer is the queue: when both
-  are full the sender waits, which is the backpressure.
 * **listener channel** (``SOCK_SEQPACKET``, listener -> worker): one packet per
   accepted TCP connection, the connection's descriptor attached.
+
+Workers and indexers share no channel: a worker's journal segments are its indexer's
+queue (see :mod:`workers.indexer`).
 
 :class:`SharedSlots` is a small ``memfd`` mapped by the supervisor, the listener and
 every worker: per worker, the number of associations it holds (summed, under a
@@ -28,17 +26,13 @@ This module does no scheduling of its own: callers own their loops.
 
 from __future__ import annotations
 
-import array
 import fcntl
 import mmap
 import os
 import socket
-import struct
 from typing import Union
 
 import msgspec
-
-from storage import InstanceRecord
 
 from .config import NodeConfig
 
@@ -54,11 +48,6 @@ __all__ = [
     "send_control",
     "recv_control",
     "recv_fds_batch",
-    "unsent_bytes",
-    "IndexHello",
-    "IndexBatch",
-    "encode_frame",
-    "FrameReader",
     "SharedSlots",
     "LATENCY_BUCKETS",
 ]
@@ -69,8 +58,8 @@ __all__ = [
 
 class Spec(msgspec.Struct, tag=True, kw_only=True):
     """Everything a child needs: its role, its number and the descriptors it inherited
-    (``-1``: none). ``streams`` lists ``(worker, fd)`` pairs: the listener's channels to
-    the workers, or an indexer's index-queue ends."""
+    (``-1``: none). ``streams`` lists the listener's channels to the workers as
+    ``(worker, fd)`` pairs."""
 
     role: str
     index: int
@@ -79,16 +68,14 @@ class Spec(msgspec.Struct, tag=True, kw_only=True):
     shm_fd: int = -1
     listen_fd: int = -1
     channel_fd: int = -1
-    stream_fd: int = -1
     streams: list[tuple[int, int]] = []
     workers: int = 0
 
 
 class Attach(msgspec.Struct, tag=True):
-    """The attached descriptor is a new ``kind`` channel ("channel" or "stream") of
-    worker ``worker`` (a worker receives its own; listener and indexers get the peer end)."""
+    """The attached descriptor is a new listener channel of worker ``worker`` (the
+    worker receives its end, the listener the other)."""
 
-    kind: str
     worker: int
 
 
@@ -112,21 +99,23 @@ class WorkerStats(msgspec.Struct, tag=True, kw_only=True):
     associations: int = 0
     rejected: int = 0
     active: int = 0
-    queue_bytes: int = 0
     latency_counts: list[int] = []
     latency_sum: float = 0.0
     segment: str = ""
 
 
 class IndexerStats(msgspec.Struct, tag=True, kw_only=True):
-    """An indexer's cumulative counters since it started, and its gauges."""
+    """An indexer's cumulative counters since it started (``polls``: of its journal
+    segments), and its gauge of records read and not yet committed (``pending``). How
+    far it is behind is measured from the journal by the supervisor
+    (:func:`workers.metrics.index_lag`), which also works when it is stuck."""
 
     indexed: int = 0
-    caught_up: int = 0
     batches: int = 0
-    pending: int = 0
     retired: int = 0
     commit_errors: int = 0
+    polls: int = 0
+    pending: int = 0
 
 
 class ListenerStats(msgspec.Struct, tag=True, kw_only=True):
@@ -187,74 +176,6 @@ def recv_fds_batch(sock: socket.socket, limit: int = 64) -> tuple[list[int], boo
             break
         fds.extend(got)
     return fds, eof
-
-
-# ---------------------------------------------------------------------------------------
-# The index queue
-
-
-class IndexHello(msgspec.Struct, tag=True, array_like=True):
-    """First frame of a stream: the journal segment its batches come from."""
-
-    segment: str
-
-
-class IndexBatch(msgspec.Struct, tag=True, array_like=True):
-    """Records appended to ``segment`` as the bytes ``[start, end)``, in journal order."""
-
-    segment: str
-    start: int
-    end: int
-    records: list[InstanceRecord]
-
-
-_LEN = struct.Struct("<I")
-_frame_encoder = msgspec.msgpack.Encoder()
-_frame_decoder = msgspec.msgpack.Decoder(Union[IndexHello, IndexBatch])
-# A batch is one journal append: at most the publisher's group size (256 records of a
-# few hundred bytes); 16 MiB can only be a corrupt length.
-_MAX_FRAME = 16 << 20
-
-
-def encode_frame(message: IndexHello | IndexBatch) -> bytes:
-    payload = _frame_encoder.encode(message)
-    return _LEN.pack(len(payload)) + payload
-
-
-class FrameReader:
-    """Reassembles frames from a byte stream (partial frames are kept between feeds)."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def feed(self, data: bytes | memoryview) -> list[IndexHello | IndexBatch]:
-        """Every whole frame completed by ``data``; raises ValueError on a corrupt one."""
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= _LEN.size:
-            (length,) = _LEN.unpack_from(buf, pos)
-            if length > _MAX_FRAME:
-                raise ValueError(f"index queue frame of {length} bytes")
-            stop = pos + _LEN.size + length
-            if stop > end:
-                break
-            try:
-                out.append(_frame_decoder.decode(memoryview(buf)[pos + _LEN.size : stop]))
-            except msgspec.DecodeError as exc:
-                raise ValueError(f"undecodable index queue frame: {exc}") from exc
-            pos = stop
-        if pos:
-            del buf[:pos]
-        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,17 +255,3 @@ class SharedSlots:
             self._cells[worker * _SLOT_FIELDS + _DONE] = 0
         finally:
             self._unlock()
-
-
-_SIOCOUTQ = 0x5411  # Linux: TIOCOUTQ == SIOCOUTQ
-
-
-def unsent_bytes(sock: socket.socket) -> int:
-    """Bytes written to a Unix stream socket and not yet read by its peer (SIOCOUTQ)."""
-    buf = array.array("i", [0])
-    try:
-        fcntl.ioctl(sock.fileno(), _SIOCOUTQ, buf)
-    except OSError:
-        return 0
-    return buf[0]
-

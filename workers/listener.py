@@ -150,7 +150,7 @@ class Listener:
             message, fd = got
             if isinstance(message, Stop):
                 self.stop()
-            elif isinstance(message, Attach) and fd is not None and message.kind == "channel":
+            elif isinstance(message, Attach) and fd is not None:
                 self.attach(message.worker, socket.socket(fileno=fd))
             elif fd is not None:
                 os.close(fd)

@@ -8,7 +8,8 @@ process is restarted (a process killed outright loses at most its last second). 
 these :class:`NodeMetrics` computes the summary line and, through :class:`NodeCollector`,
 the Prometheus exposition served by the supervisor alone -- no per-process files, no
 ``PROMETHEUS_MULTIPROC_DIR``. Index lag is measured, not counted: the journal bytes
-(and frames) beyond each segment's indexed offset.
+(and frames) beyond each segment's indexed offset, per indexer (the journal is the
+index queue, so this is the one measure of how far the index is behind).
 
 The collector runs in prometheus-client's HTTP thread; the supervisor's loop updates
 the numbers; a lock keeps each scrape consistent.
@@ -22,14 +23,15 @@ import threading
 import time
 from typing import Any, Iterator
 
-from storage import CatalogError, journal_dir, open_catalog
+from storage import CatalogError, open_catalog, segment_names, segment_path
 
+from .indexer import segment_worker
 from .ipc import LATENCY_BUCKETS, IndexerStats, ListenerStats, WorkerStats
 
 __all__ = ["NodeMetrics", "NodeCollector", "index_lag", "format_bytes"]
 
 _WORKER_COUNTERS = ("instances", "bytes", "failures", "associations", "rejected")
-_INDEXER_COUNTERS = ("indexed", "caught_up", "batches", "retired", "commit_errors")
+_INDEXER_COUNTERS = ("indexed", "batches", "retired", "commit_errors", "polls")
 # Counting unindexed journal frames stops here; past it the lag is "at least" this.
 _LAG_FRAMES_MAX = 200_000
 # A journal frame's payload is a record of a few hundred bytes (storage._journal).
@@ -70,8 +72,10 @@ def _count_frames(path: str, start: int, size: int) -> int:
     return count
 
 
-def index_lag(root: str, index_path: str) -> tuple[int, int]:
-    """``(records, bytes)`` journalled but not yet in the index."""
+def index_lag(root: str, index_path: str, indexers: int = 1) -> dict[int, tuple[int, int]]:
+    """``{indexer: (records, bytes)}`` journalled but not yet in the index, for each of
+    ``indexers`` (segments of worker ``k`` are indexer ``k % indexers``'s)."""
+    lag = {j: (0, 0) for j in range(indexers)}
     progress: dict[str, int] = {}
     if os.path.exists(index_path):
         try:
@@ -79,33 +83,29 @@ def index_lag(root: str, index_path: str) -> tuple[int, int]:
                 progress = catalog.journal_progress()
         except CatalogError:
             pass  # no index yet (or busy): everything journalled counts as lag
-    records = lag_bytes = 0
-    directory = journal_dir(root)
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return 0, 0
-    for name in names:
-        if not name.endswith(".log"):
-            continue
-        path = os.path.join(directory, name)
-        start = progress.get(name[:-4], 0)
+    for name in segment_names(root):
+        worker = segment_worker(name)
+        if worker is None:
+            continue  # no worker's: only the supervisor's replay reads it
+        path = segment_path(root, name)
+        start = progress.get(name, 0)
         try:
             size = os.stat(path).st_size
             if size > start:
-                lag_bytes += size - start
-                records += _count_frames(path, start, size)
+                records, lag_bytes = lag[worker % indexers]
+                lag[worker % indexers] = (records + _count_frames(path, start, size), lag_bytes + size - start)
         except OSError:
             continue  # retired while we looked
-    return records, lag_bytes
+    return lag
 
 
 class NodeMetrics:
     """Counters of every slot, surviving restarts (see module doc)."""
 
-    def __init__(self, root: str, index_path: str) -> None:
+    def __init__(self, root: str, index_path: str, indexers: int = 1) -> None:
         self.root = root
         self.index_path = index_path
+        self.nindexers = indexers
         self.lock = threading.Lock()
         self.workers: dict[int, WorkerStats] = {}
         self.worker_base: dict[int, dict[str, float]] = {}
@@ -116,7 +116,7 @@ class NodeMetrics:
         self.listener = ListenerStats()
         self.accepted_base = 0
         self.restarts: dict[str, int] = {}
-        self._lag: tuple[int, int] = (0, 0)
+        self._lag: dict[int, tuple[int, int]] = {}
         self._lag_at = -1e9
         self._last_summary: tuple[float, int, int] | None = None
 
@@ -170,7 +170,6 @@ class NodeMetrics:
             slots = self._slots(self.workers, self.worker_base)
             out = {name: sum(self._worker_total(s, name) for s in slots) for name in _WORKER_COUNTERS}
             out["active"] = sum(w.active for w in self.workers.values())
-            out["queue_bytes"] = sum(w.queue_bytes for w in self.workers.values())
             out["indexed"] = sum(
                 self.indexer_base.get(j, {}).get("indexed", 0) + (self.indexers[j].indexed if j in self.indexers else 0)
                 for j in self._slots(self.indexers, self.indexer_base)
@@ -178,12 +177,14 @@ class NodeMetrics:
             out["restarts"] = sum(self.restarts.values())
             return out
 
-    def lag(self) -> tuple[int, int]:
+    def lag(self) -> dict[int, tuple[int, int]]:
+        """``{indexer: (records, bytes)}`` not yet indexed (measured at most once a
+        ``_LAG_CACHE_S``)."""
         now = time.monotonic()
         with self.lock:
             if now - self._lag_at < _LAG_CACHE_S:
                 return self._lag
-        lag = index_lag(self.root, self.index_path)
+        lag = index_lag(self.root, self.index_path, self.nindexers)
         with self.lock:
             self._lag, self._lag_at = lag, now
         return lag
@@ -203,11 +204,14 @@ class NodeMetrics:
         self._last_summary = (now, instances, nbytes)
         with self.lock:
             per_worker = " ".join(f"w{k}={w.active}" for k, w in sorted(self.workers.items()))
-        lag_records, lag_bytes = self.lag()
+        lag = self.lag()
+        lag_records = sum(records for records, _ in lag.values())
+        lag_bytes = sum(nbytes for _, nbytes in lag.values())
+        per_indexer = " ".join(f"i{j}={records}" for j, (records, _) in sorted(lag.items()))
         return (
             f"summary: {rate:.1f} instances/s, {mbps:.2f} MB/s, {int(totals['active'])} active associations"
-            f" ({per_worker or 'no workers'}), queue {format_bytes(totals['queue_bytes'])},"
-            f" index lag {lag_records} records ({format_bytes(lag_bytes)}),"
+            f" ({per_worker or 'no workers'}),"
+            f" index lag {lag_records} records ({format_bytes(lag_bytes)}{'; ' + per_indexer if len(lag) > 1 else ''}),"
             f" {instances} instances / {format_bytes(nbytes)} stored,"
             f" {int(totals['failures'])} failed, {int(totals['rejected'])} rejected,"
             f" {int(totals['restarts'])} restarts"
@@ -216,7 +220,7 @@ class NodeMetrics:
     def families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        lag_records, lag_bytes = self.lag()
+        lag = self.lag()
         with self.lock:
             slots = self._slots(self.workers, self.worker_base)
             specs = (
@@ -232,27 +236,33 @@ class NodeMetrics:
                     family.add_metric([str(slot)], self._worker_total(slot, attr))
                 yield family
             active = GaugeMetricFamily("scpfleet_active_associations", "Open associations", labels=["worker"])
-            queue = GaugeMetricFamily("scpfleet_index_queue_bytes", "Records waiting for the indexer, bytes",
-                                      labels=["worker"])
             for slot, stats in sorted(self.workers.items()):
                 active.add_metric([str(slot)], stats.active)
-                queue.add_metric([str(slot)], stats.queue_bytes)
             yield active
-            yield queue
             indexed = CounterMetricFamily("scpfleet_indexed_records", "Records committed to the index",
                                           labels=["indexer"])
+            polls = CounterMetricFamily("scpfleet_indexer_polls", "Polls of the journal segments",
+                                        labels=["indexer"])
             pending = GaugeMetricFamily("scpfleet_index_pending_records", "Records read, not yet committed",
                                         labels=["indexer"])
             for slot in self._slots(self.indexers, self.indexer_base):
                 current = self.indexers.get(slot)
-                indexed.add_metric([str(slot)], self.indexer_base.get(slot, {}).get("indexed", 0)
-                                   + (current.indexed if current else 0))
+                base = self.indexer_base.get(slot, {})
+                indexed.add_metric([str(slot)], base.get("indexed", 0) + (current.indexed if current else 0))
+                polls.add_metric([str(slot)], base.get("polls", 0) + (current.polls if current else 0))
                 pending.add_metric([str(slot)], current.pending if current else 0)
             yield indexed
+            yield polls
             yield pending
-            yield GaugeMetricFamily("scpfleet_index_lag_records", "Journalled records not yet indexed",
-                                    value=lag_records)
-            yield GaugeMetricFamily("scpfleet_index_lag_bytes", "Journal bytes not yet indexed", value=lag_bytes)
+            lag_records = GaugeMetricFamily("scpfleet_index_lag_records", "Journalled records not yet indexed",
+                                            labels=["indexer"])
+            lag_bytes = GaugeMetricFamily("scpfleet_index_lag_bytes", "Journal bytes not yet indexed",
+                                          labels=["indexer"])
+            for slot, (records, nbytes) in sorted(lag.items()):
+                lag_records.add_metric([str(slot)], records)
+                lag_bytes.add_metric([str(slot)], nbytes)
+            yield lag_records
+            yield lag_bytes
             yield CounterMetricFamily("scpfleet_connections_accepted", "TCP connections accepted",
                                       value=self.accepted_base + self.listener.accepted)
             restarts = CounterMetricFamily("scpfleet_process_restarts", "Child processes restarted",

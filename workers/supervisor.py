@@ -11,9 +11,10 @@ from here (:mod:`workers.metrics`).
 
 It then waits: on each child's pidfd (exit) and control socket (readiness and
 counters). A child that exits while the node runs is started again after a short
-back-off. A new worker gets a fresh listener channel and index-queue stream whose
-other ends are sent to the running listener and indexer (``SCM_RIGHTS``); a new
-listener or indexer gets fresh channels to every running worker. A dead worker's
+back-off. A new worker gets a fresh listener channel whose other end is sent to the
+running listener (``SCM_RIGHTS``); a new listener gets fresh channels to every running
+worker. Workers and indexers share no channel (an indexer follows its workers'
+journal segments), so neither needs anything when the other restarts. A dead worker's
 admission slot is zeroed before its successor starts.
 
 SIGTERM or SIGINT stops the node: the listener first (no new connections), then the
@@ -40,7 +41,16 @@ from typing import Any
 
 import msgspec
 
-from storage import CatalogCorrupt, CatalogError, journal_dir, open_catalog, replay, retire, sweep_temp
+from storage import (
+    CatalogCorrupt,
+    CatalogError,
+    FileCheck,
+    journal_dir,
+    open_catalog,
+    replay,
+    retire,
+    sweep_temp,
+)
 
 from .config import NodeConfig
 from .ipc import (
@@ -82,10 +92,10 @@ _SEND_WAIT_S = 2.0
 _TEMP_SWEEP_DELAY_S = 1.0
 # How long the clean-up after a dead worker waits for its indexer to finish its segment.
 _CRASH_CLEANUP_WAIT_S = 30.0
-# After Stop: the listener closes at once; indexers finish reading ended streams.
+# After Stop: the listener closes at once; indexers read what the stopped workers left.
 _LISTENER_STOP_S = 5.0
 _INDEXER_STOP_S = 30.0
-# Workers get drain-timeout for their associations plus this for publisher/queue flush.
+# Workers get drain-timeout for their associations plus this for the publisher's flush.
 _WORKER_STOP_MARGIN_S = 10.0
 # A SIGKILLed process is gone in milliseconds; this only bounds a stuck kernel.
 _KILLED_EXIT_S = 5.0
@@ -134,6 +144,8 @@ class Supervisor:
             config, storage=root, index=os.path.abspath(config.index_path), workers=config.worker_count
         )
         self.root = root
+        #: Replay and recovery decide records against the files (storage/_integrity.py).
+        self.files = FileCheck(root, self.config.duplicates)
         self.ready_file = os.path.abspath(ready_file) if ready_file else None
         self.nworkers = self.config.worker_count
         self.nindexers = self.config.indexers
@@ -142,7 +154,7 @@ class Supervisor:
         self.listener: _Child | None = None
         self.stopping = False
         self.forced = False
-        self.metrics = NodeMetrics(root, self.config.index_path)
+        self.metrics = NodeMetrics(root, self.config.index_path, self.nindexers)
         self.metrics_server: Any = None
         self.metrics_port: int | None = None
         self.lock_fd = -1
@@ -172,9 +184,9 @@ class Supervisor:
             if self._set_aside_corrupt_index():
                 since = 0.0  # rebuild: index every instance file on disk
             with open_catalog(cfg.index_path) as index:
-                replayed = replay(self.root, index)
+                replayed = replay(self.root, index, files=self.files)
                 retired = retire(self.root, index, ())
-                reconciled = reconcile(self.root, index, since) if since is not None else 0
+                reconciled = reconcile(self.root, index, since, files=self.files) if since is not None else 0
             self._remove_stale_locks()
         except (OSError, ValueError) as exc:
             raise StartupError(f"storage {self.root}: recovery failed: {exc}") from None
@@ -325,26 +337,17 @@ class Supervisor:
     def _start_worker(self, k: int) -> None:
         assert self.slots is not None  # prepare() ran
         fds = {"shm_fd": self.slots.fd}
-        keep: list[socket.socket] = []
-        channel = stream = None
+        channel = worker_end = None
         if self.listener is not None and self.listener.alive:
             channel, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             fds["channel_fd"] = worker_end.fileno()
-            keep.append(worker_end)
-        indexer = self.indexers.get(k % self.nindexers)
-        if indexer is not None and indexer.alive:
-            worker_end, stream = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            fds["stream_fd"] = worker_end.fileno()
-            keep.append(worker_end)
         try:
             self.workers[k] = self._spawn("worker", k, fds, [])
         finally:
-            for sock in keep:
-                sock.close()
+            if worker_end is not None:
+                worker_end.close()
         if channel is not None:
-            self._give(self.listener, Attach("channel", k), channel)
-        if stream is not None:
-            self._give(indexer, Attach("stream", k), stream)
+            self._give(self.listener, Attach(k), channel)
 
     def _start_listener(self) -> None:
         assert self.slots is not None and self.lsock is not None  # prepare() ran
@@ -362,21 +365,10 @@ class Supervisor:
             for _, ours, _theirs in pairs:
                 ours.close()
         for k, _ours, theirs in pairs:
-            self._give(self.workers[k], Attach("channel", k), theirs)
+            self._give(self.workers[k], Attach(k), theirs)
 
     def _start_indexer(self, j: int) -> None:
-        pairs = []
-        for k, worker in sorted(self.workers.items()):
-            if worker.alive and k % self.nindexers == j:
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                pairs.append((k, ours, theirs))
-        try:
-            self.indexers[j] = self._spawn("indexer", j, {}, [(k, ours.fileno()) for k, ours, _ in pairs])
-        finally:
-            for _, ours, _theirs in pairs:
-                ours.close()
-        for k, _ours, theirs in pairs:
-            self._give(self.workers[k], Attach("stream", k), theirs)
+        self.indexers[j] = self._spawn("indexer", j, {}, [])
 
     def _start(self, role: str, slot: int) -> None:
         if self.stopping:
@@ -525,7 +517,7 @@ class Supervisor:
         try:
             removed = sweep_orphan_temp(self.root, live, died)
             with open_catalog(self.config.index_path) as index:
-                count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died)
+                count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files)
         except Exception as exc:  # the next start reconciles again
             log.warning("cleaning up after the dead worker failed: %s", exc)
             return
@@ -629,10 +621,10 @@ class Supervisor:
         await self._wait(indexers, _INDEXER_STOP_S)
         try:
             with open_catalog(cfg.index_path) as index:
-                replayed = replay(self.root, index)
+                replayed = replay(self.root, index, files=self.files)
                 retire(self.root, index, ())
                 if self._unclean_since is not None:
-                    reconcile(self.root, index, self._unclean_since)
+                    reconcile(self.root, index, self._unclean_since, files=self.files)
             self._remove_stale_locks()
         except Exception as exc:  # the journal still holds it all; the next start replays
             log.error("final index flush failed: %s", exc)

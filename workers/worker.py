@@ -11,12 +11,10 @@ Each C-STORE streams into a :class:`_StoreSink` over one upload of the worker's
 ``storage.PosixInstanceStore``: ``open`` on the command, one ``write`` (a plain
 ``os.write`` of the engine's view, plus the digest and metadata scan) per fragment, and
 ``finish``, which makes it durable off the loop and appends its record to this worker's
-journal segment (the store locks, rotates and closes the segments). Every journal append
-is reported (``on_append``) and forwarded, in file order, to the indexer as an
-:class:`~workers.ipc.IndexBatch` on the index-queue stream. The C-STORE-RSP waits until
-that queue has room, so a slow indexer slows the peers instead of growing memory. If the
-indexer is gone the batches are dropped: the journal holds them and the next indexer
-catches up from it.
+journal segment (the store locks, rotates and closes the segments). That append is the
+whole hand-off to the index: the indexer owning this worker follows the segment
+(:mod:`workers.indexer`), so the worker sends it nothing and never waits for it; a slow
+or absent indexer only lets the journal grow.
 
 Memory per association is the engine's framing buffer (about one PDU) plus one open
 file, whatever the instance size. The loop never fsyncs (the publisher's executor
@@ -25,7 +23,7 @@ does) and never blocks on the index.
 On Stop (or SIGTERM, or the supervisor vanishing) the worker stops taking connections,
 lets stores in flight finish, aborts idle associations, refuses new ones (2/3/2), and
 after ``drain-timeout`` aborts what is left; then it closes the store (flushing what
-it holds, closing the journal) and the queue and exits 0.
+it holds, closing the journal and releasing its lock) and exits 0.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from typing import Any
 
@@ -62,18 +59,14 @@ from .config import ae_title_bytes, allowed_networks, ssl_context
 from .ipc import (
     LATENCY_BUCKETS,
     Attach,
-    IndexBatch,
-    IndexHello,
     Ready,
     SharedSlots,
     Spec,
     Stop,
     WorkerStats,
-    encode_frame,
     recv_control,
     recv_fds_batch,
     send_control,
-    unsent_bytes,
 )
 
 __all__ = ["main", "Worker", "supported_contexts", "refusal_status", "TRANSFER_SYNTAXES"]
@@ -112,13 +105,6 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
-# Bytes the index queue may hold in this process before stores wait: a few thousand
-# records, enough to ride out an indexer's commit, small next to one PDU per association.
-_QUEUE_HIGH = 1 << 20
-_QUEUE_LOW = 256 << 10
-# At exit, how long a live indexer gets to read what is queued (it reads continuously;
-# one that does not is stuck, and the journal has the records anyway).
-_QUEUE_FLUSH_S = 5.0
 _ERROR_COMMENT_MAX = 64
 # How often the supervisor hears this worker's counters.
 _STATS_INTERVAL_S = 1.0
@@ -215,8 +201,6 @@ class _StoreSink:
         except StoreRefused as exc:
             info.in_store = False
             return worker.store_failed(info, self.sop, exc)
-        if worker.queue_full:
-            await worker.queue_space()
         info.in_store = False
         worker.store_done(info, self.upload.size, time.monotonic() - self.started)
         return 0x0000
@@ -233,29 +217,6 @@ class _Provider:
 
     def __init__(self, start: Any) -> None:
         self.start = start
-
-
-class _QueueProtocol(asyncio.Protocol):
-    """The sending end of the index queue: tells the worker about backpressure."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.transport: asyncio.WriteTransport | None = None
-        self.closed: asyncio.Future[None] = worker.loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def pause_writing(self) -> None:
-        self.worker._queue_paused(self)
-
-    def resume_writing(self) -> None:
-        self.worker._queue_resumed(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self.worker._queue_lost(self, exc)
 
 
 class Worker:
@@ -289,19 +250,12 @@ class Worker:
         self.rejected = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        # index queue
-        self.queue: _QueueProtocol | None = None
-        self.queue_full = False
-        self._space: asyncio.Future[None] | None = None
-        self._queue_sock: socket.socket | None = None
         # listener channel
         self.channel: socket.socket | None = None
-        self._loop_thread = threading.get_ident()
         self.executor = concurrent.futures.ThreadPoolExecutor(_PUBLISH_THREADS, thread_name_prefix="publish")
         self.store = PosixInstanceStore(
             self.storage, self.loop, self.executor,
-            segment_label=f"w{self.k}", segment_bytes=cfg.journal_segment_bytes,
-            on_append=self._tap, on_rotate=self._rotated,
+            segment_label=f"w{self.k}", segment_bytes=cfg.journal_segment_bytes, on_rotate=self._rotated,
         )
         self.segment = self.store.segment_name or ""
         policy = AcceptorPolicy(
@@ -345,78 +299,7 @@ class Worker:
         old one, releasing its lock so its indexer finishes and deletes it, once the
         stores publishing into it are done."""
         old, self.segment = self.segment, name
-        queue = self.queue
-        if queue is not None and queue.transport is not None and not queue.transport.is_closing():
-            queue.transport.write(encode_frame(IndexHello(name)))
         log.info("journal segment %s full, continuing in %s", old, name)
-
-    def _tap(self, name: str, start: int, end: int, records: list[InstanceRecord]) -> None:
-        # In a publisher thread: hop to the loop (FIFO keeps the order). Inline under
-        # durability "none": already on the loop.
-        if threading.get_ident() == self._loop_thread:
-            self._enqueue(name, start, end, records)
-        else:
-            self.loop.call_soon_threadsafe(self._enqueue, name, start, end, records)
-
-    def _enqueue(self, name: str, start: int, end: int, records: list[InstanceRecord]) -> None:
-        queue = self.queue
-        if queue is not None and queue.transport is not None and not queue.transport.is_closing():
-            queue.transport.write(encode_frame(IndexBatch(name, start, end, records)))
-        # else no indexer: the journal has it, the next indexer catches up
-
-    # -- index queue ----------------------------------------------------------------------
-
-    async def _attach_queue(self, sock: socket.socket) -> None:
-        old = self.queue
-        self.queue = None
-        if old is not None and old.transport is not None:
-            old.transport.abort()
-        if self._queue_sock is not None:
-            self._queue_sock = None
-        sock.setblocking(False)
-        transport, protocol = await self.loop.create_unix_connection(lambda: _QueueProtocol(self), sock=sock)
-        transport.set_write_buffer_limits(high=_QUEUE_HIGH, low=_QUEUE_LOW)
-        self._queue_sock = sock
-        self.queue = protocol
-        # Hello first: the indexer catches up on this segment from the journal, which
-        # covers whatever an earlier, lost stream carried.
-        transport.write(encode_frame(IndexHello(self.segment)))
-
-    def _queue_paused(self, protocol: _QueueProtocol) -> None:
-        if protocol is self.queue:
-            self.queue_full = True
-
-    def _queue_resumed(self, protocol: _QueueProtocol) -> None:
-        if protocol is self.queue:
-            self._release_space()
-
-    def _queue_lost(self, protocol: _QueueProtocol, exc: Exception | None) -> None:
-        if protocol is self.queue:
-            if not self.draining:
-                log.warning("index queue closed (%s); the journal keeps every record", exc or "end of stream")
-            self.queue = None
-            self._queue_sock = None
-            self._release_space()
-
-    def _release_space(self) -> None:
-        self.queue_full = False
-        waiter, self._space = self._space, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def queue_space(self) -> None:
-        if self._space is None:
-            self._space = self.loop.create_future()
-        await self._space
-
-    def _queue_bytes(self) -> int:
-        queue = self.queue
-        if queue is None or queue.transport is None:
-            return 0
-        total = queue.transport.get_write_buffer_size()
-        if self._queue_sock is not None:
-            total += unsent_bytes(self._queue_sock)
-        return total
 
     # -- associations ---------------------------------------------------------------------
 
@@ -595,12 +478,10 @@ class Worker:
                 self.request_stop()
             elif isinstance(message, Attach) and fd is not None:
                 sock = socket.socket(fileno=fd)
-                if message.kind == "channel" and not self.draining:
-                    self._attach_channel(sock)
-                elif message.kind == "stream":
-                    self.loop.create_task(self._attach_queue(sock))
-                else:
+                if self.draining:
                     sock.close()
+                else:
+                    self._attach_channel(sock)
             elif fd is not None:
                 os.close(fd)
 
@@ -608,7 +489,7 @@ class Worker:
         stats = WorkerStats(
             instances=self.instances, bytes=self.bytes, failures=self.failures,
             associations=self.associations, rejected=self.rejected,
-            active=len(self.server.active), queue_bytes=self._queue_bytes(), segment=self.segment,
+            active=len(self.server.active), segment=self.segment,
             latency_counts=list(self.latency_counts), latency_sum=self.latency_sum,
         )
         try:
@@ -635,8 +516,6 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         self.ctl.setblocking(False)
         loop.add_reader(self.ctl.fileno(), self._on_control)
-        if self.spec.stream_fd >= 0:
-            await self._attach_queue(socket.socket(fileno=self.spec.stream_fd))
         if self.spec.channel_fd >= 0:
             self._attach_channel(socket.socket(fileno=self.spec.channel_fd))
         send_control(self.ctl, Ready(os.getpid(), self.segment))
@@ -666,10 +545,6 @@ class Worker:
         # Waits for the publications under way, commits, closes the journal segments.
         await self.store.aclose()
         self.executor.shutdown(wait=True)
-        # Tap callbacks scheduled by the last appends run before the queue closes.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        await self._close_queue()
 
     async def _abort_idle(self) -> None:
         while True:
@@ -678,16 +553,6 @@ class Worker:
                 if info is None or not info.in_store:
                     assoc.abort()
             await asyncio.sleep(_DRAIN_POLL_S)
-
-    async def _close_queue(self) -> None:
-        queue = self.queue
-        if queue is None or queue.transport is None:
-            return
-        queue.transport.close()  # flushes what is buffered, then closes
-        try:
-            await asyncio.wait_for(asyncio.shield(queue.closed), _QUEUE_FLUSH_S)
-        except asyncio.TimeoutError:
-            queue.transport.abort()  # an indexer that stopped reading: the journal has it
 
 
 def main(spec: Spec, ctl: socket.socket) -> int:

@@ -1,6 +1,7 @@
 """Journal: frames round-trip, torn tails are ignored, appends are reported in file
 order, replay into a catalog is exactly-once, retirement spares live and unindexed
-segments, and a failed append never strands later frames."""
+segments, a failed append never strands later frames nor takes back whole ones, and a
+tail follows a growing segment, waiting at a frame being written."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from storage import (
     JournalError,
     JournalReader,
+    JournalTail,
     JournalWriter,
     SqliteCatalog,
     journal_dir,
@@ -22,6 +24,7 @@ from storage import (
     retire,
     segment_lock_path,
     segment_name,
+    segment_names,
     segment_path,
 )
 from tests.storage import record
@@ -32,9 +35,12 @@ def test_segment_names_are_unique_per_writer_life(tmp_path: Path) -> None:
     assert segment_name(123, 457, "w") != segment_name(123, 456, "w")
     assert segment_path(tmp_path, "w0-1-2") == os.path.join(journal_dir(tmp_path), "w0-1-2.log")
     assert segment_lock_path(tmp_path, "w0-1-2") == os.path.join(journal_dir(tmp_path), "w0-1-2.lock")
+    assert segment_names(tmp_path) == []  # no journal directory yet
     writer = JournalWriter(tmp_path, "w0-1-2")
     assert writer.path == segment_path(tmp_path, "w0-1-2")
     writer.close()
+    open(segment_lock_path(tmp_path, "w0-1-2"), "w").close()
+    assert segment_names(tmp_path) == ["w0-1-2"]
 
 
 def test_appends_are_reported_in_file_order(tmp_path: Path) -> None:
@@ -241,3 +247,120 @@ def test_uncut_append_makes_the_segment_refuse(tmp_path: Path, monkeypatch: pyte
     monkeypatch.undo()
     with pytest.raises(JournalError):
         writer.append_many([record(2)])
+
+
+def _frame_bytes(tmp_path: Path, *records) -> bytes:
+    """The journal bytes of ``records`` (written by a scratch writer)."""
+    scratch = JournalWriter(tmp_path / "scratch", "s-1-1")
+    scratch.append_many(records)
+    scratch.close()
+    return Path(scratch.path).read_bytes()
+
+
+def test_tail_reads_what_was_appended_since_it_last_looked(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    tail = JournalTail(writer.path)
+    assert tail.size() == 0 and tail.read(100) == [] and not (tail.more or tail.stalled)
+    end1 = writer.append_many([record(1), record(2)])
+    got = tail.read(100)
+    assert got == [(record(1), got[0][1]), (record(2), end1)] and tail.offset == end1
+    assert tail.read(100) == [] and not (tail.more or tail.stalled)  # nothing new
+    writer.append_many([record(n) for n in range(3, 13)])
+    assert [r for r, _ in tail.read(4)] == [record(n) for n in range(3, 7)] and tail.more
+    offset = tail.offset
+    assert tail.read(0) == [] and tail.more and tail.offset == offset
+    assert [r for r, _ in tail.read(100)] == [record(n) for n in range(7, 13)] and not tail.more
+    assert tail.offset == writer.offset == tail.size()
+    # A tail opened at an offset starts there.
+    assert [r for r, _ in JournalTail(writer.path, end1).read(1)] == [record(3)]
+    tail.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("cut", [2, 4, 9, -5, -1])
+def test_tail_stops_before_a_frame_being_written_and_reads_it_once_whole(tmp_path: Path, cut: int) -> None:
+    """A reader can see part of a concurrent write(2): the tail stops before it, keeps
+    its offset, and reads the frame once the rest has arrived."""
+    root = tmp_path / "j"
+    path = Path(journal_dir(root)) / "w-1-1.log"
+    path.parent.mkdir(parents=True)
+    first = _frame_bytes(tmp_path / "a", record(1))
+    second = _frame_bytes(tmp_path / "b", record(2))
+    path.write_bytes(first + second[:cut])
+    tail = JournalTail(path)
+    assert [r for r, _ in tail.read(100)] == [record(1)]
+    assert tail.stalled and not tail.more and tail.offset == len(first)
+    assert tail.read(100) == [] and tail.stalled and tail.offset == len(first)  # again, same place
+    with open(path, "ab") as fp:
+        fp.write(second[cut:])
+    assert tail.read(100) == [(record(2), len(first) + len(second))] and not tail.stalled
+    tail.close()
+
+
+def test_tail_stops_at_a_bad_crc_until_the_bytes_are_right(tmp_path: Path) -> None:
+    root = tmp_path / "j"
+    path = Path(journal_dir(root)) / "w-1-1.log"
+    path.parent.mkdir(parents=True)
+    good = _frame_bytes(tmp_path / "a", record(1))
+    damaged = bytearray(good)
+    damaged[-1] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    tail = JournalTail(path)
+    assert tail.read(100) == [] and tail.stalled and tail.offset == 0
+    path.write_bytes(good)
+    assert [r for r, _ in tail.read(100)] == [record(1)] and not tail.stalled
+    tail.close()
+
+
+def test_tail_reads_a_long_segment_in_chunks(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path, "w-1-1")
+    writer.append_many([record(n) for n in range(1500)])  # several read chunks
+    writer.close()
+    assert writer.offset > 256 * 1024
+    tail = JournalTail(writer.path)
+    got: list = []
+    reads = 0
+    while True:
+        more = tail.read(100_000)
+        reads += 1
+        got += more
+        if not tail.more:
+            break
+    assert [r for r, _ in got] == [record(n) for n in range(1500)] and reads > 1
+    assert tail.offset == writer.offset and not tail.stalled
+    tail.close()
+
+
+def test_failed_append_keeps_its_whole_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills in the middle of a two-frame append: the whole first frame stays
+    (a tail read it meanwhile), the cut second one goes, and the next append follows
+    the kept frame, so the tail stays on a frame boundary."""
+    writer = JournalWriter(tmp_path, "w-1-1")
+    end1 = writer.append_many([record(1)])
+    tail = JournalTail(writer.path, end1)
+    seen: list = []
+    real_write = os.write
+    calls: list[int] = []
+
+    def frame_and_a_half_then_enospc(fd: int, data) -> int:
+        if fd != writer._fd:
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) == 1:
+            (length,) = struct.unpack_from("<I", data, 0)
+            return real_write(fd, bytes(data[: length + 8 + 10]))  # a short write
+        seen.extend(tail.read(100))  # an indexer polling between the two writes
+        assert tail.stalled
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", frame_and_a_half_then_enospc)
+    with pytest.raises(OSError):
+        writer.append_many([record(2), record(3)])
+    monkeypatch.undo()
+    assert [r for r, _ in seen] == [record(2)]
+    assert writer.offset == tail.offset == os.path.getsize(writer.path)
+    writer.append_many([record(4)])
+    assert [r for r, _ in tail.read(100)] == [record(4)] and not tail.stalled
+    assert [r.sop_instance_uid for r, _ in JournalReader(writer.path).read_from()] == [
+        "1.2.3.1", "1.2.3.2", "1.2.3.4"
+    ]

@@ -1,29 +1,16 @@
-"""The node's plumbing in one process: queue frames, control messages, shared slots, the
-C-STORE status of each storage refusal, and the contexts a worker accepts. (The journal
-reports its appends in file order: tests/storage/test_journal.py.)"""
+"""The node's plumbing in one process: control messages, shared slots, the C-STORE
+status of each storage refusal, and the contexts a worker accepts. (Workers and
+indexers share no channel: the journal is the index queue, tests/workers/test_indexer.py.)"""
 
 from __future__ import annotations
 
 import os
 import socket
 
-import pytest
-
 from engine import status
 from storage import InstanceRecord, Refusal
 from workers.config import load_config
-from workers.ipc import (
-    Attach,
-    FrameReader,
-    IndexBatch,
-    IndexHello,
-    SharedSlots,
-    Spec,
-    WorkerStats,
-    encode_frame,
-    recv_control,
-    send_control,
-)
+from workers.ipc import Attach, IndexerStats, SharedSlots, Spec, WorkerStats, recv_control, send_control
 from workers.worker import TRANSFER_SYNTAXES, refusal_status, supported_contexts
 
 
@@ -37,24 +24,6 @@ def record(n: int) -> InstanceRecord:
     )
 
 
-def test_frames_whole_and_byte_by_byte():
-    frames = [IndexHello("w0-1-2"), IndexBatch("w0-1-2", 0, 10, [record(1), record(2)]), IndexHello("w1-3-4")]
-    data = b"".join(encode_frame(f) for f in frames)
-    assert FrameReader().feed(data) == frames
-    reader = FrameReader()
-    got = []
-    for i in range(len(data)):
-        got += reader.feed(data[i:i + 1])
-    assert got == frames and reader.buffered == 0
-
-
-def test_corrupt_frame_raises_value_error():
-    with pytest.raises(ValueError):
-        FrameReader().feed(b"\xff\xff\xff\x7f" + b"x" * 8)
-    with pytest.raises(ValueError):
-        FrameReader().feed(b"\x02\x00\x00\x00\xc1\xc1")
-
-
 def test_control_messages_carry_descriptors(tmp_path):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spec = Spec(role="worker", index=3, config=load_config(None, {"storage": str(tmp_path)}), lock_fd=7)
@@ -62,15 +31,17 @@ def test_control_messages_carry_descriptors(tmp_path):
     got, fd = recv_control(b)
     assert got == spec and fd is None
     r, w = os.pipe()
-    send_control(a, Attach("stream", 3), r)
+    send_control(a, Attach(3), r)
     got, fd = recv_control(b)
-    assert got == Attach("stream", 3) and fd is not None
+    assert got == Attach(3) and fd is not None
     os.write(w, b"ok")
     assert os.read(fd, 2) == b"ok"
     for f in (r, w, fd):
         os.close(f)
     send_control(a, WorkerStats(instances=5))
     assert recv_control(b)[0].instances == 5
+    send_control(a, IndexerStats(indexed=7, polls=30))
+    assert recv_control(b)[0] == IndexerStats(indexed=7, polls=30)
     a.close()
     assert recv_control(b) is None
 

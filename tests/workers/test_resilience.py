@@ -1,6 +1,8 @@
 """The node against a hostile environment: storage that turns read-only, an index that
-another process locks, an index file that is garbage, a thousand idle sockets beside
-hundreds of busy associations, and a worker killed (as the OOM killer does) mid-store.
+another process locks (briefly, and for long enough to block the indexer while
+thousands of instances arrive), an index file that is garbage, a thousand idle sockets
+beside hundreds of busy associations, and a worker killed (as the OOM killer does)
+mid-store.
 
 Theory of operation: as in test_node and test_faults, a real node on 127.0.0.1, our own
 engine requestor, and the disk and index checked against what the peer was told. Every
@@ -26,6 +28,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -172,17 +175,8 @@ def test_index_locked_stores_still_acknowledged(node_factory, tmp_path):
     node = node_factory("--workers", "1")
     assert _echo(node.port) == 0
     index_path = node.storage / "index.sqlite"
-    holder = sqlite3.connect(index_path, timeout=0, isolation_level=None)
+    holder = _lock_exclusively(index_path)
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                holder.execute("BEGIN EXCLUSIVE")
-                break
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         started = time.monotonic()
         results = run(store_files(node.port, files, associations=2))
         stored_in = time.monotonic() - started
@@ -202,6 +196,68 @@ def test_index_locked_stores_still_acknowledged(node_factory, tmp_path):
     assert node.state()["indexers"] and node.running
     assert _echo(node.port) == 0
     assert node.stop() == 0
+
+
+def test_index_blocked_for_seconds_stores_keep_their_pace(node_factory, thousand_files, tmp_path):
+    """(2b) The indexer blocked for seconds (another process holds index.sqlite
+    exclusively) while more instances arrive than any in-memory queue would hold: every
+    one is acknowledged while the lock is held, at the pace of stores with the index
+    free, and once the lock goes the index catches up with one row per instance,
+    each committed once, and reaches the end of the journal."""
+    blocked = make_files(tmp_path / "blocked", {"tiny": 3000})
+    node = node_factory("--workers", "1", "--durability", "none", "--metrics-port", "0")
+    started = time.monotonic()
+    assert [s for _f, s, _p in run(store_files(node.port, thousand_files, associations=4))] == [0] * 1000
+    free_s = (time.monotonic() - started) / len(thousand_files)
+    node.wait_for(lambda: _index_count(node) == 1000, what="the first 1000 indexed")
+    index_path = node.storage / "index.sqlite"
+    holder = _lock_exclusively(index_path)
+    try:
+        started = time.monotonic()
+        results = run(store_files(node.port, blocked, associations=4))
+        blocked_s = (time.monotonic() - started) / len(blocked)
+        assert sorted(s for _f, s, _p in results) == [0] * 3000, node.log()
+        # Acknowledged with nothing of it indexed: the stores never waited for the index.
+        assert _index_count_nolock(index_path) == 1000
+        assert blocked_s < 2 * free_s, f"{blocked_s * 1e3:.2f} ms per store blocked, {free_s * 1e3:.2f} free"
+    finally:
+        holder.rollback() if holder.in_transaction else None
+        holder.close()
+    node.wait_for(lambda: _index_count(node) == 4000, timeout=30, what="the index catching up to 4000")
+    assert set(node.index_rows()) == {sop_uid(f) for f in [*thousand_files, *blocked]}
+    url = f"http://{HOST}:{node.metrics_port}/metrics"
+
+    def indexed_total() -> float:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("scpfleet_indexed_records_total{"))
+
+    node.wait_for(lambda: indexed_total() >= 4000, what="the indexer's counter")
+    assert indexed_total() == 4000  # no record committed twice
+    db = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True, timeout=10)
+    try:
+        progress = dict(db.execute("SELECT journal, offset FROM journal_progress"))
+    finally:
+        db.close()
+    segments = {p.stem: p.stat().st_size for p in Path(journal_dir(node.storage)).glob("*.log")}
+    assert segments and progress == segments
+    assert node.stop() == 0
+
+
+def _lock_exclusively(path: Path) -> sqlite3.Connection:
+    """A connection of this process holding ``path`` with BEGIN EXCLUSIVE (waiting out an
+    indexer's commit in progress); roll back and close it to release."""
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            return holder
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                holder.close()
+                raise
+            time.sleep(0.05)
 
 
 def _index_count_nolock(path: Path) -> int:
