@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import socket
 
-from engine import status
-from storage import InstanceRecord, Refusal
+from storage import InstanceRecord
 from workers.config import load_config
 from workers.ipc import Attach, IndexerStats, SharedSlots, Spec, WorkerStats, recv_control, send_control
-from workers.worker import TRANSFER_SYNTAXES, refusal_status, supported_contexts
 
 
 def record(n: int) -> InstanceRecord:
@@ -63,26 +61,3 @@ def test_shared_slots_admit_release_reset():
         assert other.held() == 2 and not other.try_admit(1, 2)
     finally:
         os.close(slots.fd)
-
-
-def test_every_refusal_has_its_c_store_status():
-    """The statuses on the wire for each storage refusal (PS3.4 Table B.2-1)."""
-    assert {kind: refusal_status(kind) for kind in Refusal} == {
-        Refusal.OUT_OF_RESOURCES: 0xA700,
-        Refusal.DATASET_MISMATCH: 0xA900,
-        Refusal.UNREADABLE: 0xC000,
-        Refusal.INVALID_INSTANCE_UID: 0x0117,
-        Refusal.INVALID_SOP_CLASS_UID: 0x0122,
-        Refusal.DUPLICATE: 0xC111,
-    }
-    assert all(status.status_category(refusal_status(kind)) == "Failure" for kind in Refusal)
-
-
-def test_supported_contexts_accept_everything_storable():
-    contexts = supported_contexts()
-    assert str(contexts[0].abstract_syntax) == "1.2.840.10008.1.1"
-    assert len(contexts) > 100
-    for uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
-                "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.5"):
-        assert uid in TRANSFER_SYNTAXES
-    assert "1.2.840.10008.1.2.6.1" not in TRANSFER_SYNTAXES  # MIME encapsulation is not a data set encoding
