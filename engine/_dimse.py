@@ -7,15 +7,16 @@ of the Upper Layer (PDVs in, P-DATA-TF buffers out) and the service classes.
   is one row table in :data:`COMMAND_TABLES`, written like the standard's message
   tables: element number in group 0000, Message Field name, VR, required or
   optional. Each table has a frozen message struct whose fields are the snake_case
-  names of its rows. At import, :func:`_compile` turns every table into three
-  straight-line functions -- the struct's validator, its encoder and its decoder
-  -- built from one validator and one decoder per VR; a new command is a new table
-  and a new struct, nothing else. :func:`encode_command` writes a group 0000
-  Implicit VR Little Endian command set with a correct Command Group Length first;
-  :func:`decode_command` does the reverse and validates everything it reads from
-  the peer. Command fields without a table become :class:`UnknownCommand`, which
-  :func:`response_for` answers with an :class:`UnknownResponse` so the service
-  user can send "unrecognized operation" (0211H) instead of aborting.
+  names of its rows. At import, :func:`_compile` builds from every table the
+  struct's validator, its encoder and its decoder: the same loops for every
+  command, over tuples precomputed from its rows, using one validator and one
+  decoder per VR; a new command is a new table and a new struct, nothing else.
+  :func:`encode_command` writes a group 0000 Implicit VR Little Endian command
+  set with a correct Command Group Length first; :func:`decode_command` does the
+  reverse and validates everything it reads from the peer. Command fields
+  without a table become :class:`UnknownCommand`, which :func:`response_for`
+  answers with an :class:`UnknownResponse` so the service user can send
+  "unrecognized operation" (0211H) instead of aborting.
 * **Assembly** (PS3.7 6.3.1, PS3.8 Annex E.2). :class:`MessageAssembler` is fed
   PDVs in arrival order and emits :class:`CommandReceived` once a command set is
   complete and one :class:`DatasetFragment` per data PDV, passing the PDV's
@@ -30,18 +31,20 @@ DIMSE is the service-user of the Upper Layer, so every DIMSE protocol violation
 by the peer raises :class:`RemoteProtocolError` carrying a *service-user* A-ABORT
 (source 0, reason 0; PS3.8 Table 9-26). Misuse by our own caller raises
 :class:`LocalProtocolError`. Nothing here does I/O, keeps time or touches data set
-contents. The compiled functions are generated from this module's own constant
-tables only, never from anything a peer sends.
+contents, and nothing here generates or runs code: the codecs are plain functions
+whose loops read tuples built from this module's own constant tables.
 """
 
 from __future__ import annotations
 
+import operator
 import struct
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn, TypeAlias, TypeVar
 
 import msgspec
+from msgspec.structs import astuple
 
 from ._errors import (
     ABORT_REASON_NOT_SPECIFIED,
@@ -237,6 +240,8 @@ _UNKNOWN_COMMAND_OWN: Final = frozenset((_GROUP_LENGTH, _COMMAND_FIELD, _MESSAGE
 _ELEMENT_HEADER: Final = struct.Struct("<HHI")
 _US_ELEMENT: Final = struct.Struct("<HHIH")
 _UL_ELEMENT: Final = struct.Struct("<HHII")
+# Command Group Length (0000,0000) UL: a zero tag, value length 4, the value.
+_GROUP_LENGTH_ELEMENT: Final = struct.Struct("<4xII")
 _AT_VALUE: Final = struct.Struct("<HH")
 _ELEMENT_HEADER_LENGTH: Final = 8  # group (2) + element (2) + value length (4)
 _GROUP_LENGTH_ELEMENT_LENGTH: Final = 12  # the header plus a 4-byte UL value
@@ -518,16 +523,12 @@ _VR_CHECKS: Final[dict[str, Callable[[str, object], None]]] = {
     AT: _check_at,
 }
 
-# For the compiled validators: a condition under which a value certainly passes its
-# VR's check, tested inline so that the common case costs no call. Anything else
-# (an IntEnum, a wrong type, a long string) goes to the check, which decides.
-_VR_PLAIN: Final[dict[str, str]] = {
-    US: f"value.__class__ is int and 0 <= value <= {_MAX_US:#x}",
-    UI: f"value.__class__ is str and len(value) <= {_UI_MAX} and value.isascii()"
-    " and value.isprintable()",
-    LO: f"value.__class__ is str and len(value) <= {_LO_MAX} and value.isascii()"
-    " and value.isprintable()",
-}
+# PS3.5 6.2: the longest value of the text VRs, which the checks above enforce.
+# The validators test the plain case of UI and LO (an exact ``str`` of printable
+# ASCII no longer than this) inline; the encoder's tables of element headers
+# stop there.
+_VR_MAX: Final[dict[str, int]] = {UI: _UI_MAX, LO: _LO_MAX, AE: _AE_MAX}
+_PLAIN_TEXT_VRS: Final = frozenset((UI, LO))
 
 
 def _check_context_id(context_id: object) -> None:
@@ -655,18 +656,24 @@ def _encode_at(tags: tuple[int, ...]) -> bytes:
 
 
 # --------------------------------------------------------------------------
-# Compiling the tables.
+# Building the codecs from the tables.
 #
-# A generic loop over the rows would look each field up, dispatch on its VR and
-# requirement, and build argument lists at run time for every message; on the
-# C-STORE path that costs more than the hand-written code this replaced. So each
-# table is turned once, at import, into Python source with one statement per row
-# (the technique of dataclasses and namedtuple) and compiled: the validator
-# tests each field inline against the plain case of its VR and calls the VR's
-# checker otherwise, the decoder looks each element up once and calls the VR's
-# decoder (US inline), and the encoder packs each run of consecutive fixed-size
-# elements (US, and Command Field) with one precomputed struct.Struct. Only the
-# tables above, never received data, shape the source.
+# Each table is turned once, at import, into tuples with one entry per row (its
+# element, the struct field it fills, its VR and what that VR needs), walked by
+# loops that are the same for every command; only the tuples differ, and only the
+# tables above, never received data, shape them. No code is generated: the
+# engine never calls exec, eval or compile (tests/engine/test_sans_io.py).
+#
+# The validator tests each field inline against the plain case of its VR and
+# calls the VR's checker otherwise. The decoder unpacks the required US elements
+# with one struct.Struct, decodes the UI ones inline, and falls back to decoding
+# field by field, in struct order, for anything else. The encoder writes the
+# command set's head (SOP Class UID, then the run from Command Field on) before
+# its loop; it packs each run of consecutive fixed-size elements (US, and Command
+# Field) with one struct.Struct whose constant element headers are merged, and
+# writes a text element as a header chosen by value length from a precomputed
+# tuple, the value and its padding. Field values are read with msgspec's
+# astuple, one call for all of them.
 
 _M = TypeVar("_M", bound="_Message")
 
@@ -700,6 +707,7 @@ class _Field(NamedTuple):
     row: Row
     nullable: bool  # None is a valid value (the field is omitted when encoding)
     default: object
+    index: int  # the field's position in the struct, and in its astuple
 
 
 def _fields_of(cls: type[_Message]) -> list[_Field]:
@@ -713,7 +721,7 @@ def _fields_of(cls: type[_Message]) -> list[_Field]:
     if any(row.values is not None and row.vr != US for row in cls.rows):
         raise TypeError(f"{cls.__name__}: only US rows can list their values")
     fields = []
-    for info in msgspec.structs.fields(cls):
+    for index, info in enumerate(msgspec.structs.fields(cls)):
         if info.name == "command_field":
             continue
         row = by_field.pop(info.name, None)
@@ -724,7 +732,7 @@ def _fields_of(cls: type[_Message]) -> list[_Field]:
             raise TypeError(f"{cls.__name__}.{info.name} is required: it cannot be None")
         if not row.required and info.required:
             raise TypeError(f"{cls.__name__}.{info.name} is optional: it needs a default")
-        fields.append(_Field(row, nullable, info.default))
+        fields.append(_Field(row, nullable, info.default, index))
     if by_field:
         raise TypeError(f"{cls.__name__} lacks fields for rows {sorted(by_field)}")
     if fields[-1].row.element != _COMMAND_DATA_SET_TYPE:
@@ -732,128 +740,302 @@ def _fields_of(cls: type[_Message]) -> list[_Field]:
     return fields
 
 
-def _validator_source(fields: list[_Field], ns: dict[str, object]) -> list[str]:
-    """Source of ``_validate(self)``: each field checked by its VR, in struct order."""
-    lines = ["def _validate(self):"]
-    for i, (row, nullable, _) in enumerate(fields):
-        ns[f"_check{i}"] = _VR_CHECKS[row.vr]
-        indent = "    "
-        lines.append(f"    value = self.{row.field}")
-        if nullable:
-            lines.append("    if value is not None:")
-            indent = "        "
-        plain = _VR_PLAIN.get(row.vr)
-        if row.values is not None:
-            ns[f"_values{i}"] = row.values
-            plain = f"{plain} and value in _values{i}"
-        if plain is not None:
-            lines.append(f"{indent}if not ({plain}):")
-            indent += "    "
-        lines.append(f"{indent}_check{i}({row.name!r}, value)")
-        if row.values is not None:
-            lines.append(f"{indent}_check_values({row.name!r}, value, _values{i})")
-    return lines
+def _validator(fields: list[_Field]) -> Callable[[Any], None]:
+    """``_validate(self)``: each field checked by its row's VR, in struct order.
 
-
-def _decoder_source(fields: list[_Field], ns: dict[str, object]) -> list[str]:
-    """Source of ``_decode(elements) -> message``: each row's element decoded by its VR."""
-    lines = ["def _decode(elements):", "    get = elements.get"]
-    for i, (row, _, default) in enumerate(fields):
-        element, vr = row.element, row.vr
-        lines.append(f"    raw = get({element:#06x})")
-        if row.required and vr == US:
-            # The hot case, inline: every command has three or four of these.
-            lines.append("    if raw is None or len(raw) != 2:")
-            lines.append(f"        _bad_us({element:#06x}, raw)")
-            lines.append(f"    a{i} = raw[0] | raw[1] << 8")
-            continue
-        ns[f"_decode{i}"] = _VR_DECODERS[vr]
-        if row.required:
-            lines.append("    if raw is None:")
-            lines.append(f"        _missing({element:#06x})")
-            lines.append(f"    a{i} = _decode{i}({element:#06x}, raw)")
-            lines.append(f"    if a{i} is None:")
-            if vr in _VR_EMPTY:
-                ns[f"_empty{i}"] = _VR_EMPTY[vr]
-                lines.append(f"        a{i} = _empty{i}")
-            else:
-                lines.append(f"        _empty({element:#06x})")
-        else:
-            lines.append(f"    a{i} = None if raw is None else _decode{i}({element:#06x}, raw)")
-            if default is not None:
-                ns[f"_default{i}"] = default
-                lines.append(f"    if a{i} is None:")
-                lines.append(f"        a{i} = _default{i}")
-    arguments = ", ".join(f"a{i}" for i in range(len(fields)))
-    lines.append(f"    return _cls({arguments})")
-    return lines
-
-
-def _encoder_source(
-    fields: list[_Field], command_field: int | None, ns: dict[str, object]
-) -> list[str]:
-    """Source of ``_encode(msg) -> bytes``; ``command_field`` None: read it from ``msg``."""
-    # (element, row or None for Command Field, always present) in ascending order.
-    entries = sorted(
-        [(f.row.element, f.row, not f.nullable) for f in fields]
-        + [(_COMMAND_FIELD, None, True)]
+    The plain case of a VR is tested inline, so that it costs no call: an exact
+    ``int`` in range (and one of the row's values, if it lists them) for US, an
+    exact ``str`` of printable ASCII no longer than the VR allows for UI and LO.
+    Anything else (an IntEnum, a wrong type, a long string, any AE or AT value)
+    goes to the VR's check, which decides, then to the row's values.
+    """
+    checks = tuple(
+        (
+            f.index,
+            f.row.name,
+            f.row.vr == US,
+            _VR_MAX[f.row.vr] if f.row.vr in _PLAIN_TEXT_VRS else 0,
+            f.nullable,
+            _VR_CHECKS[f.row.vr],
+            f.row.values,
+        )
+        for f in fields
     )
-    lines = ["def _encode(msg):", "    parts = [b'']", "    size = 0"]
-    run: list[tuple[int, Row | None]] = []
-    runs = 0
+
+    def _validate(self: Any) -> None:
+        values = astuple(self)
+        for index, name, is_us, longest, nullable, check, allowed in checks:
+            value = values[index]
+            if is_us:
+                if (
+                    value.__class__ is int
+                    and 0 <= value <= _MAX_US
+                    and (allowed is None or value in allowed)
+                ):
+                    continue
+            elif longest:
+                if (
+                    value.__class__ is str
+                    and len(value) <= longest
+                    and value.isascii()
+                    and value.isprintable()
+                ):
+                    continue
+            if value is None and nullable:
+                continue
+            check(name, value)
+            if allowed is not None:
+                _check_values(name, value, allowed)
+
+    return _validate
+
+
+class _NotPlain(Exception):
+    """A hot element is not in its plain form: the decoder goes field by field."""
+
+
+# What a required element holding nothing decodes to when its VR has no empty
+# value (_VR_EMPTY): nothing, the decoder aborts.
+_NO_EMPTY_VALUE: Final = object()
+
+
+def _decoder(cls: type[_M], fields: list[_Field]) -> Callable[[dict[int, bytes]], _M]:
+    """``_decode(elements) -> message``: each row's element decoded by its VR.
+
+    First the elements every command is mostly made of: the required US ones,
+    unpacked with one struct.Struct, and the UI ones, decoded inline. If one of
+    those is missing, or not in its plain form (2 bytes; ASCII besides padding),
+    every field is decoded again one by one, in struct order, so that of two bad
+    elements the one the struct lists first is reported, as is what an empty
+    element becomes. Otherwise the remaining fields are decoded the same way,
+    unless none was sent: then they are all their defaults.
+    """
+    # Element lengths are even (_parse_elements refuses odd ones), so k values of
+    # 2*k bytes in all, none of them empty, are 2 bytes each. itemgetter of one
+    # element returns no tuple: a lone required US is decoded with the rest.
+    numbers = [f for f in fields if f.row.vr == US and f.row.required]
+    if len(numbers) < 2:
+        numbers = []
+    uids = [f for f in fields if f.row.vr == UI]
+    rest = [f for f in fields if f not in numbers and f not in uids]
+
+    def rows(chosen: list[_Field]) -> tuple[tuple[int, str, bool, object, Any], ...]:
+        return tuple(
+            (
+                f.row.element,
+                f.row.vr,
+                f.row.required,
+                # What the element decodes to when it holds nothing (and, if
+                # optional, when it is absent): the VR's empty value if required,
+                # else the field's default.
+                _VR_EMPTY.get(f.row.vr, _NO_EMPTY_VALUE) if f.row.required else f.default,
+                _VR_DECODERS[f.row.vr],
+            )
+            for f in chosen
+        )
+
+    every_row = rows(fields)
+    rest_rows = rows(rest)
+    uid_rows = tuple((element, required, empty) for element, _, required, empty, _ in rows(uids))
+    get_numbers = operator.itemgetter(*[f.row.element for f in numbers]) if numbers else None
+    unpack_numbers = struct.Struct(f"<{len(numbers)}H").unpack
+    number_bytes = 2 * len(numbers)
+    # The rest were not sent when the elements are only Command Field, the
+    # required US ones and the UI ones found: every element is one of those, one
+    # of the rest, or one no row names.
+    rest_defaults = None if any(f.row.required for f in rest) else [f.default for f in rest]
+    without_rest = 1 + len(numbers)
+    # From the order decoded in (numbers, UIs, the rest) to struct order.
+    decoded = numbers + uids + rest
+    to_struct_order = operator.itemgetter(*[decoded.index(f) for f in fields])
+
+    def one_by_one(
+        chosen: tuple[tuple[int, str, bool, object, Any], ...],
+        get: Callable[[int], bytes | None],
+        arguments: list[object],
+    ) -> None:
+        for element, vr, required, empty, decode in chosen:
+            raw = get(element)
+            if raw is None:
+                if required:
+                    _missing(element)
+                arguments.append(empty)
+                continue
+            if required and vr == US and len(raw) != 2:
+                _bad_us(element, raw)  # an empty required US is malformed too
+            value = decode(element, raw)
+            if value is None:
+                if empty is _NO_EMPTY_VALUE:
+                    _empty(element)
+                value = empty
+            arguments.append(value)
+
+    def _decode(elements: dict[int, bytes]) -> _M:
+        get = elements.get
+        arguments: list[object]
+        try:
+            if get_numbers is None:
+                arguments = []
+            else:
+                raws = get_numbers(elements)
+                joined = b"".join(raws)
+                if len(joined) != number_bytes or b"" in raws:
+                    raise _NotPlain
+                arguments = [*unpack_numbers(joined)]
+            append = arguments.append
+            found = without_rest
+            for element, required, empty in uid_rows:
+                raw = get(element)
+                if raw is None:
+                    if required:
+                        raise _NotPlain
+                    append(empty)
+                    continue
+                found += 1
+                # As _decode_ui, inline: NUL padding and trailing spaces go.
+                raw = raw.rstrip(b"\x00 ")
+                append(raw.decode("ascii") if raw else empty)
+        except (KeyError, UnicodeDecodeError, _NotPlain):
+            arguments = []
+            one_by_one(every_row, get, arguments)
+            return cls(*arguments)
+        if rest_defaults is not None and len(elements) == found:
+            arguments += rest_defaults
+        else:
+            one_by_one(rest_rows, get, arguments)
+        return cls(*to_struct_order(arguments))
+
+    return _decode
+
+
+# How the encoder writes an element (PS3.5 7.1.2, Implicit VR Little Endian).
+_RUN: Final = 0  # consecutive fixed-size elements, packed at once
+_STR: Final = 1  # UI, LO: the value's ASCII bytes, padded to even length
+_BYTES: Final = 2  # AE: the value as it is, padded to even length
+_OPTIONAL_US: Final = 3  # a US that may be left out, packed alone
+_TAGS: Final = 4  # AT: four bytes per tag
+
+
+def _encoder(
+    cls: type[_Message], fields: list[_Field], command_field: int | None
+) -> Callable[[Any], bytes]:
+    """``_encode(msg) -> bytes``; ``command_field`` None: read it from ``msg``.
+
+    Each step of the plan, in ascending element order, is ``(how, index, a,
+    b)``: ``index`` is where the value is in the encoder's ``values`` (for a run,
+    a constant that is never None), ``a`` and ``b`` what the step needs -- for a
+    run its packer and the getter of its arguments, for a text element its
+    headers and its padding by value length, else its element number.
+
+    Every command set starts the same way: below Command Field, group 0000 has
+    only the Affected and the Requested SOP Class UID (PS3.7 Table E.1-1), and a
+    command has at most one of them; then come Command Field and the fixed-size
+    elements after it, one run. Those two steps are written before the loop,
+    which takes the rest.
+    """
+    # ``values`` is astuple(msg) followed by these constants: True (a run's
+    # "value"), None (the missing SOP Class UID of a command without one), then
+    # the constant element headers the runs pack.
+    names = [info.name for info in msgspec.structs.fields(cls)]
+    true, none = len(names), len(names) + 1
+    constants: list[object] = [True, None]
+    index_of = {f.row.element: f.index for f in fields}
+    if command_field is None:
+        index_of[_COMMAND_FIELD] = names.index("command_field")
+    plan: list[tuple[int, int, Any, Any]] = []
+    run: list[int] = []
 
     def flush() -> None:
-        nonlocal runs
         if not run:
             return
-        formats, arguments = [], []
-        for element, row in run:
-            if row is None and command_field is not None:
-                name = f"_command{element:04x}"
-                ns[name] = _US_ELEMENT.pack(0, element, 2, command_field)
-                formats.append("10s")
-                arguments.append(name)
-            else:
-                name = f"_header{element:04x}"
-                ns[name] = _ELEMENT_HEADER.pack(0, element, 2)
-                formats.append("8sH")
-                arguments.append(name)
-                arguments.append(f"msg.{'command_field' if row is None else row.field}")
-        name = f"_run{runs}"
-        runs += 1
-        ns[name] = struct.Struct("<" + "".join(formats)).pack
-        lines.append(f"    parts.append({name}({', '.join(arguments)}))")
-        lines.append(f"    size += {10 * len(run)}")
+        formats: list[str] = []
+        arguments: list[int] = []
+        fixed = b""  # constant bytes not yet given to the packer
+        for element in run:
+            if element == _COMMAND_FIELD and command_field is not None:
+                fixed += _US_ELEMENT.pack(0, element, 2, command_field)
+                continue
+            fixed += _ELEMENT_HEADER.pack(0, element, 2)
+            formats += [f"{len(fixed)}s", "H"]
+            arguments += [true + len(constants), index_of[element]]
+            constants.append(fixed)
+            fixed = b""
+        if fixed:
+            formats.append(f"{len(fixed)}s")
+            arguments.append(true + len(constants))
+            constants.append(fixed)
+        # itemgetter of one index returns the item, not a 1-tuple: slice instead.
+        getter = (
+            operator.itemgetter(*arguments)
+            if len(arguments) > 1
+            else operator.itemgetter(slice(arguments[0], arguments[0] + 1))
+        )
+        plan.append((_RUN, true, struct.Struct("<" + "".join(formats)).pack, getter))
         run.clear()
 
+    # Command Field and the fields always present and fixed-size go in runs.
+    entries = sorted(
+        [(f.row.element, f.row, not f.nullable) for f in fields] + [(_COMMAND_FIELD, None, True)]
+    )
     for element, row, always in entries:
         if row is None or (always and row.vr == US):
-            run.append((element, row))
+            run.append(element)
             continue
         flush()
-        indent = "    "
-        lines.append(f"    value = msg.{row.field}")
-        if not always:
-            lines.append("    if value is not None:")
-            indent = "        "
+        index = index_of[element]
         if row.vr == US:
-            lines.append(f"{indent}parts.append(_US_ELEMENT.pack(0, {element:#06x}, 2, value))")
-            lines.append(f"{indent}size += 10")
-            continue
-        if row.vr == AT:
-            lines.append(f"{indent}raw = _encode_at(value)")
+            plan.append((_OPTIONAL_US, index, element, None))
+        elif row.vr == AT:
+            plan.append((_TAGS, index, element, None))
         else:
-            # UI and LO are validated printable ASCII, so UTF-8 (the fastest) is ASCII.
-            lines.append(f"{indent}raw = {'value' if row.vr == AE else 'value.encode()'}")
-            lines.append(f"{indent}if len(raw) & 1:")
-            lines.append(f"{indent}    raw += {_VR_PAD[row.vr]!r}")
-        lines.append(f"{indent}parts.append(_ELEMENT_HEADER.pack(0, {element:#06x}, len(raw)))")
-        lines.append(f"{indent}parts.append(raw)")
-        lines.append(f"{indent}size += 8 + len(raw)")
+            # The struct's validator bounds a value's length by its VR.
+            lengths = range(_VR_MAX[row.vr] + 1)
+            headers = tuple(_ELEMENT_HEADER.pack(0, element, n + (n & 1)) for n in lengths)
+            pads = tuple(_VR_PAD[row.vr] if n & 1 else b"" for n in lengths)
+            plan.append((_BYTES if row.vr == AE else _STR, index, headers, pads))
     flush()
-    lines.append("    parts[0] = _UL_ELEMENT.pack(0, 0, 4, size)")
-    lines.append("    return b''.join(parts)")
-    return lines
+
+    if plan[0][0] == _RUN:  # no SOP Class UID: its value is the None constant
+        plan.insert(0, (_STR, none, (), ()))
+    if plan[0][0] != _STR or len(plan) < 2 or plan[1][0] != _RUN:
+        raise TypeError(f"{cls.__name__}: at most one SOP Class UID may precede Command Field")
+    (_, uid_index, uid_headers, uid_pads), (_, _, pack, arguments_of) = plan[:2]
+    tail = tuple(plan[2:])
+    extra = tuple(constants)
+    group_length = _GROUP_LENGTH_ELEMENT.pack
+
+    def _encode(msg: Any) -> bytes:
+        values = astuple(msg) + extra
+        uid = values[uid_index]
+        if uid is None:
+            parts = [pack(*arguments_of(values))]
+        else:
+            # Validated printable ASCII, so UTF-8 (the fastest) is ASCII.
+            uid = uid.encode()
+            size = len(uid)
+            parts = [uid_headers[size], uid, uid_pads[size], pack(*arguments_of(values))]
+        for how, index, a, b in tail:
+            value = values[index]
+            if value is None:
+                continue
+            if how == _STR:
+                value = value.encode()
+                size = len(value)
+                parts += (a[size], value, b[size])
+            elif how == _RUN:
+                parts.append(a(*b(values)))
+            elif how == _BYTES:
+                size = len(value)
+                parts += (a[size], value, b[size])
+            elif how == _OPTIONAL_US:
+                parts.append(_US_ELEMENT.pack(0, a, 2, value))
+            else:  # _TAGS
+                raw = _encode_at(value)
+                parts += (_ELEMENT_HEADER.pack(0, a, len(raw)), raw)
+        body = b"".join(parts)
+        return group_length(4, len(body)) + body
+
+    return _encode
 
 
 def _compile(cls: type[_M]) -> type[_M]:
@@ -867,28 +1049,11 @@ def _compile(cls: type[_M]) -> type[_M]:
         command_field = cls.command_field  # type: ignore[attr-defined]
         cls.rows = COMMAND_TABLES[command_field]
     fields = _fields_of(cls)
-    ns: dict[str, object] = {
-        "_cls": cls,
-        "_check_values": _check_values,
-        "_missing": _missing,
-        "_empty": _empty,
-        "_bad_us": _bad_us,
-        "_encode_at": _encode_at,
-        "_US_ELEMENT": _US_ELEMENT,
-        "_UL_ELEMENT": _UL_ELEMENT,
-        "_ELEMENT_HEADER": _ELEMENT_HEADER,
-    }
-    lines = _validator_source(fields, ns)
-    lines += _encoder_source(fields, command_field, ns)
-    if command_field is not None:
-        lines += _decoder_source(fields, ns)
-    name = cls.__name__ if command_field is None else COMMAND_NAMES[command_field]
-    exec(compile("\n".join(lines) + "\n", f"<dimse {name}>", "exec"), ns)  # noqa: S102
-    cls._validate = ns["_validate"]  # type: ignore[assignment]
-    _ENCODERS[cls] = ns["_encode"]  # type: ignore[assignment]
+    cls._validate = _validator(fields)  # type: ignore[assignment]
+    _ENCODERS[cls] = _encoder(cls, fields, command_field)
     if command_field is not None:
         MESSAGE_TYPES[command_field] = cls
-        _DECODERS[command_field] = ns["_decode"]  # type: ignore[assignment]
+        _DECODERS[command_field] = _decoder(cls, fields)
     return cls
 
 
@@ -1349,10 +1514,9 @@ def _parse_elements(data: bytes | memoryview) -> dict[int, bytes]:
     size = len(raw)
     if size < _GROUP_LENGTH_ELEMENT_LENGTH:
         _fail(f"command set of {size} bytes cannot hold Command Group Length")
-    group, element, length = _ELEMENT_HEADER.unpack_from(raw, 0)
+    group, element, length, group_length = _UL_ELEMENT.unpack_from(raw, 0)
     if group != 0 or element != _GROUP_LENGTH or length != 4:
         _fail("command set does not start with Command Group Length (0000,0000) UL")
-    (group_length,) = struct.unpack_from("<I", raw, _ELEMENT_HEADER_LENGTH)
     if group_length != size - _GROUP_LENGTH_ELEMENT_LENGTH:
         _fail(
             f"Command Group Length says {group_length} bytes follow, "

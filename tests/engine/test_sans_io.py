@@ -5,6 +5,10 @@ socket, threading, time, uvloop or selectors, neither with ``import`` nor with
 ``from ... import``, and it must contain no ``assert`` statement, since ``python -O``
 strips those and would change what the module accepts. Engine modules the core imports
 relatively are held to the same rules, so the ban cannot be dodged through a helper.
+
+No engine module, core or not, builds and runs code: every one turns peer bytes into
+events, so none may use the builtins ``exec``, ``eval`` or ``compile``, by name, as an
+attribute of ``builtins`` or imported from it (``re.compile`` is another function).
 """
 
 from __future__ import annotations
@@ -99,3 +103,64 @@ def test_no_assert_statements(module: str) -> None:
 )
 def test_import_detector(source: str, banned: set[str]) -> None:
     assert _absolute_imports(ast.parse(source)) & FORBIDDEN == banned
+
+
+# The builtins that turn text into running code.
+CODE_BUILDERS = {"exec", "eval", "compile"}
+ENGINE_MODULES = sorted(path.stem for path in ENGINE.glob("*.py"))
+
+
+def _code_builders(tree: ast.Module) -> list[str]:
+    """Every use of exec, eval or compile in the module, with its line.
+
+    A use is the bare name (a call, or a reference that could be called later), an
+    attribute of ``builtins`` or ``__builtins__``, or an import from ``builtins``.
+    """
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in CODE_BUILDERS:
+            found.append(f"{node.id} (line {node.lineno})")
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in CODE_BUILDERS
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("builtins", "__builtins__")
+        ):
+            found.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.ImportFrom) and node.module == "builtins":
+            found += [
+                f"from builtins import {alias.name} (line {node.lineno})"
+                for alias in node.names
+                if alias.name in CODE_BUILDERS
+            ]
+    return found
+
+
+def test_engine_modules_found() -> None:
+    assert set(CORE) <= set(ENGINE_MODULES)
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES)
+def test_no_code_generation(module: str) -> None:
+    uses = _code_builders(_tree(module))
+    assert not uses, f"engine/{module}.py builds code with {uses}"
+
+
+@pytest.mark.parametrize(
+    "source,found",
+    [
+        ("exec(compile(source, 'x', 'exec'), namespace)", 2),
+        ("value = eval(text)", 1),
+        ("run = exec", 1),
+        ("import builtins\nbuiltins.exec(source)", 1),
+        ("__builtins__.eval(text)", 1),
+        ("from builtins import compile as build", 1),
+        ("import re\npattern = re.compile('[0-9]+')", 0),
+        ("def _compile(cls):\n    return cls", 0),
+        ("namespace.exec = None", 0),
+    ],
+    ids=["exec-compile", "eval", "reference", "builtins", "dunder-builtins", "import",
+         "re-compile", "own-name", "other-attribute"],
+)
+def test_code_builder_detector(source: str, found: int) -> None:
+    assert len(_code_builders(ast.parse(source))) == found
