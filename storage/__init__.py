@@ -18,7 +18,10 @@ index it; a :class:`Publisher` makes it durable and visible and appends its
 (:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
 and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
 finished ones. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
-:func:`open_catalog`; only that module imports ``sqlite3``. Configuration is passed
+:func:`open_catalog`; only that module imports ``sqlite3``. A query/retrieve service
+asks a catalog a :class:`CatalogQuery` (:mod:`._query`: conditions in storage's terms)
+and reads the answer page by page from a :class:`QueryCursor`; the SQLite catalog
+writes it as SQL in :mod:`._sqlquery`. Configuration is passed
 in; nothing is read from module globals. Errors raised on purpose derive from
 :class:`StorageError`.
 """
@@ -51,7 +54,8 @@ from ._ports import (
     open_catalog,
 )
 from ._posix import PosixInstanceStore
-from ._record import IndexStats, InstanceRecord
+from ._query import AGGREGATES, LEVEL_FIELDS, LEVEL_KEYS, LEVELS, MATCH_FIELDS, CatalogQuery, Match, QueryCursor
+from ._record import QUERY_FIELDS, IndexStats, InstanceRecord
 from ._segments import JournalSegments
 from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
@@ -87,6 +91,15 @@ __all__ = [
     "Catalog",
     "FIND_KEYS",
     "open_catalog",
+    # queries
+    "CatalogQuery",
+    "Match",
+    "QueryCursor",
+    "LEVELS",
+    "LEVEL_KEYS",
+    "LEVEL_FIELDS",
+    "AGGREGATES",
+    "MATCH_FIELDS",
     # their implementations
     "StorageConfig",
     "PosixInstanceStore",
@@ -96,6 +109,7 @@ __all__ = [
     # records
     "InstanceRecord",
     "IndexStats",
+    "QUERY_FIELDS",
     # building blocks
     "InstanceMetadata",
     "MetadataExtractor",
