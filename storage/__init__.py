@@ -21,7 +21,8 @@ finished ones. :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened w
 :func:`open_catalog`; only that module imports ``sqlite3``. A query/retrieve service
 asks a catalog a :class:`CatalogQuery` (:mod:`._query`: conditions in storage's terms)
 and reads the answer page by page from a :class:`QueryCursor`; the SQLite catalog
-writes it as SQL in :mod:`._sqlquery`. Configuration is passed
+writes it as SQL in :mod:`._sqlquery`. :class:`PendingRequests` (:mod:`._pending`) keeps
+requests a service acknowledged and will answer later, durably, one file each. Configuration is passed
 in; nothing is read from module globals. Errors raised on purpose derive from
 :class:`StorageError`.
 """
@@ -53,6 +54,7 @@ from ._ports import (
     UploadRequest,
     open_catalog,
 )
+from ._pending import PendingEntry, PendingError, PendingRequests
 from ._posix import PosixInstanceStore
 from ._query import AGGREGATES, LEVEL_FIELDS, LEVEL_KEYS, LEVELS, MATCH_FIELDS, CatalogQuery, Match, QueryCursor
 from ._record import QUERY_FIELDS, IndexStats, InstanceRecord
@@ -80,6 +82,7 @@ __all__ = [
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "PendingError",
     "MetadataError",
     "NotDicomError",
     "WriterStateError",
@@ -106,6 +109,8 @@ __all__ = [
     "JournalSegments",
     "SqliteCatalog",
     "SCHEMA",
+    "PendingRequests",
+    "PendingEntry",
     # records
     "InstanceRecord",
     "IndexStats",
