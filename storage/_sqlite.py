@@ -92,6 +92,7 @@ CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
 CREATE INDEX IF NOT EXISTS instances_patient_name ON instances (patient_name);
+CREATE INDEX IF NOT EXISTS instances_patient_name_ci ON instances (patient_name COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS instances_study_date ON instances (study_date);
 CREATE INDEX IF NOT EXISTS instances_accession ON instances (accession_number);
 CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
