@@ -11,7 +11,10 @@ given instead. Pending commitment requests live under the storage root, so a sec
 QRNode over the same root is "the node after a restart".
 
 It is a test and benchmark fixture: it holds no process, only a thread, and
-:meth:`QRNode.stop` always closes the server, the store and the catalog.
+:meth:`QRNode.stop` always closes the server, the store and the catalog. Run as
+``python -m bench.qrnode ROOT --ready-file F [--catalog PATH]`` it serves in a process
+of its own (a benchmark's client must not share the server's interpreter) until
+SIGTERM, having written ``{"port": n}`` to F.
 """
 
 from __future__ import annotations
@@ -172,3 +175,29 @@ class QRNode:
             await server.close(grace=2.0)
             await store.aclose()
             catalog.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import os
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m bench.qrnode")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--catalog", type=Path)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with QRNode(args.root, catalog_path=args.catalog) as node:
+        temp = args.ready_file.with_name(args.ready_file.name + ".tmp")
+        temp.write_text(json.dumps({"port": node.port, "ae_title": node.ae_title}))
+        os.replace(temp, args.ready_file)
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
