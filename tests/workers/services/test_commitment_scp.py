@@ -260,3 +260,37 @@ def test_n_action_refusals(copy_of_filled: Path, instance: str, action: int, dat
         rsp, _, _ = exchange(node, COMMITMENT, rq, data)
         assert rsp.status == status, rsp
         assert node.pending_commitments() == []
+
+
+# ------------------------------------------------------------------ digests
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "xxh3-128", "md5"])
+def test_file_check_by_each_digest_algorithm(copy_of_filled: Path, corpus: list[Instance], algorithm: str) -> None:
+    """The record's digest_algorithm decides how the data set is hashed; one this node
+    cannot compute fails the reference (it cannot be verified), never crashes."""
+    import hashlib
+
+    import msgspec
+
+    from storage import PosixInstanceStore, SqliteCatalog, read_file_meta
+    from tests.storage import make_config
+    from workers.services.commitment_scp import _check_file
+
+    with SqliteCatalog(copy_of_filled / "index.sqlite") as catalog:
+        record = catalog.get(corpus[0].uid)
+    assert record is not None
+    store = PosixInstanceStore(make_config(copy_of_filled))
+    with open(store.path_of(record), "rb") as fp:
+        read_file_meta(fp)
+        data = fp.read()
+    if algorithm == "xxh3-128":
+        xxhash = pytest.importorskip("xxhash")
+        digest = xxhash.xxh3_128(data).hexdigest()
+    else:
+        digest = hashlib.new(algorithm, data).hexdigest()
+    record = msgspec.structs.replace(record, digest_algorithm=algorithm, digest=digest)
+    expected = None if algorithm != "md5" else 0x0110
+    assert _check_file(store, record, verify=True) == expected
+    assert _check_file(store, msgspec.structs.replace(record, digest="0" * len(digest)), verify=True) == 0x0110
+    assert _check_file(store, record, verify=False) is None
