@@ -303,8 +303,8 @@ def _values(elem: _Element, encodings: list[str]) -> list[tuple[str, list[str]]]
 
 def _match(key: Key, field: str, elem: _Element, encodings: list[str]) -> Match | None:
     """The condition a key's value sets, or None for universal matching."""
-    values = _values(elem, encodings)
-    if not values or any(not text or text == "*" for text, _ in values):
+    values = [(text, forms) for text, forms in _values(elem, encodings) if text]
+    if not values or any(text == "*" for text, _ in values):
         return None  # PS3.4 C.2.2.2.3: empty (or "*") matches everything
     fold = key.vr == "PN"
     if key.vr in ("DA", "TM") and len(values) == 1 and "-" in values[0][0]:

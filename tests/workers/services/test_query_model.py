@@ -53,6 +53,12 @@ def test_every_kind_of_key(ts: str) -> None:
     assert plan.query.aggregates == frozenset({"related_instances", "modalities"})
 
 
+def test_empty_values_of_a_multi_valued_key_are_dropped() -> None:
+    plan = find_plan(identifier(QueryRetrieveLevel="STUDY", ModalitiesInStudy="CT\\\\MR"),
+                     "1.2.840.10008.1.2.1", STUDY_ROOT)
+    assert plan.query.matches == (Match("modality", "equal", ("CT", "MR")),)
+
+
 def test_unique_keys_above_the_level_and_the_patient_root_hierarchy() -> None:
     plan = find_plan(identifier(QueryRetrieveLevel="IMAGE", PatientID="P1", StudyInstanceUID="1.2",
                                 SeriesInstanceUID="1.2.3", SOPInstanceUID=""), "1.2.840.10008.1.2.1", PATIENT_ROOT)
