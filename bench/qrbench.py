@@ -37,14 +37,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from bench.common import OneLineParser, positive_int
-from bench.corpus import dataset_bytes, make_files, make_uid
+from bench.corpus import dataset_bytes, make_files
 from bench.machine import machine_info
 from bench.servers import REPO
 from engine import IMPLEMENTATION_CLASS_UID, aio, build_context
@@ -338,7 +338,7 @@ def get_throughput(files_count: int, rounds: int, work: Path) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"# Query/retrieve benchmark", "",
+    lines = ["# Query/retrieve benchmark", "",
              f"C-FIND over an index of {report['instances']:,} instances "
              f"({report['repeat']} queries per kind, one association per kind):", "",
              "| query | p50 ms | p99 ms | max ms | matches (median) |", "|---|---:|---:|---:|---:|"]

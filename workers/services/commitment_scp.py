@@ -508,19 +508,24 @@ class CommitmentSCP:
             return 0
         reported = 0
         now = self.clock()
-        for entry in entries:
-            retry = self._retry.get(entry.key)
-            if retry is not None and retry[1] > now:
+        reached = 0
+        try:
+            for reached, entry in enumerate(entries, 1):
+                retry = self._retry.get(entry.key)
+                if retry is not None and retry[1] > now:
+                    entry.release()
+                    continue
+                try:
+                    commitment = msgspec.json.decode(entry.payload, type=_Commitment)
+                except msgspec.DecodeError as exc:
+                    log.error("commitment %s: pending request unreadable (%s); set aside", entry.key, exc)
+                    await loop.run_in_executor(self.executor, entry.set_aside)
+                    continue
+                if await self._report(commitment, entry, None, None, None):
+                    reported += 1
+        finally:
+            for entry in entries[reached:]:  # a sweep cut short lets go of what it did not reach
                 entry.release()
-                continue
-            try:
-                commitment = msgspec.json.decode(entry.payload, type=_Commitment)
-            except msgspec.DecodeError as exc:
-                log.error("commitment %s: pending request unreadable (%s); set aside", entry.key, exc)
-                await loop.run_in_executor(self.executor, entry.set_aside)
-                continue
-            if await self._report(commitment, entry, None, None, None):
-                reported += 1
         return reported
 
     async def run_sweeps(self, interval_s: float = 60.0) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pydicom
