@@ -2,7 +2,8 @@
 
 Theory of operation: a status is a bare ``int`` (the US value of Status
 (0000,0900)), so responses stay cheap to build and compare. This module names the
-codes a Storage SCP and a Verification SCP send or receive, classifies any code
+codes a Storage SCP and a Verification SCP send or receive (and the Query/Retrieve
+and Storage Commitment ones a storage node also sends), classifies any code
 into its PS3.7 Annex C Status Class (:func:`status_category`), tells whether a
 response is the last of its operation (:func:`is_pending`, :func:`is_final`) and
 gives a human-readable meaning for logs (:func:`status_description`). It holds no
@@ -54,6 +55,13 @@ __all__ = [
     "UNRECOGNIZED_OPERATION",
     "MISTYPED_ARGUMENT",
     "RESOURCE_LIMITATION",
+    "OUT_OF_RESOURCES_MATCHES",
+    "OUT_OF_RESOURCES_SUBOPERATIONS",
+    "MOVE_DESTINATION_UNKNOWN",
+    "IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS",
+    "UNABLE_TO_PROCESS",
+    "SUBOPERATIONS_WARNING",
+    "DUPLICATE_TRANSACTION_UID",
     "StatusCategory",
     "status_category",
     "status_description",
@@ -116,6 +124,18 @@ UNRECOGNIZED_OPERATION: Final = 0x0211
 MISTYPED_ARGUMENT: Final = 0x0212
 RESOURCE_LIMITATION: Final = 0x0213
 
+# PS3.4 Tables C.4-1, C.4-2, C.4-3: the Query/Retrieve statuses. A900 and C000 are the
+# codes of the same name above; B000 ends a retrieve whose sub-operations failed or warned.
+OUT_OF_RESOURCES_MATCHES: Final = 0xA701
+OUT_OF_RESOURCES_SUBOPERATIONS: Final = 0xA702
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
+UNABLE_TO_PROCESS: Final = ERROR_CANNOT_UNDERSTAND
+SUBOPERATIONS_WARNING: Final = WARNING_COERCION_OF_DATA_ELEMENTS
+
+# PS3.4 J.3.2.1.1: a Storage Commitment Failure Reason, beside the general ones of C.5.
+DUPLICATE_TRANSACTION_UID: Final = 0x0131
+
 _DESCRIPTIONS: Final[dict[int, str]] = {
     SUCCESS: "Success",
     PENDING: "Pending",
@@ -147,6 +167,10 @@ _DESCRIPTIONS: Final[dict[int, str]] = {
     UNRECOGNIZED_OPERATION: "Failure: unrecognized operation",
     MISTYPED_ARGUMENT: "Failure: mistyped argument",
     RESOURCE_LIMITATION: "Failure: resource limitation",
+    OUT_OF_RESOURCES_MATCHES: "Failure: out of resources, unable to calculate number of matches",
+    OUT_OF_RESOURCES_SUBOPERATIONS: "Failure: out of resources, unable to perform sub-operations",
+    MOVE_DESTINATION_UNKNOWN: "Failure: move destination unknown",
+    DUPLICATE_TRANSACTION_UID: "Failure: duplicate transaction UID",
 }
 
 

@@ -19,7 +19,12 @@ index it; a :class:`Publisher` makes it durable and visible and appends its
 and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
 finished ones, and a :class:`JournalTail` follows a live segment as it grows.
 :class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
-:func:`open_catalog`; only that module imports ``sqlite3``. Configuration is passed
+:func:`open_catalog`; only that module imports ``sqlite3``. A query/retrieve service
+asks a catalog a :class:`CatalogQuery` (:mod:`._query`: conditions in storage's terms)
+and reads the answer page by page from a :class:`QueryCursor`; the SQLite catalog
+writes it as SQL in :mod:`._sqlquery`. :class:`PendingRequests` (:mod:`._pending`) keeps
+requests a service acknowledged and will answer later, durably, one file each.
+Configuration is passed
 in; nothing is read from module globals. Errors raised on purpose derive from
 :class:`StorageError`.
 """
@@ -53,8 +58,10 @@ from ._ports import (
     UploadRequest,
     open_catalog,
 )
+from ._pending import PendingEntry, PendingError, PendingRequests
 from ._posix import PosixInstanceStore
-from ._record import IndexStats, InstanceRecord
+from ._query import AGGREGATES, LEVEL_FIELDS, LEVEL_KEYS, LEVELS, MATCH_FIELDS, CatalogQuery, Match, QueryCursor
+from ._record import QUERY_FIELDS, IndexStats, InstanceRecord
 from ._segments import JournalSegments
 from ._integrity import SUPERSEDED_DIR, FileCheck, Generations, file_generation, resolve
 from ._sqlite import SCHEMA, SqliteCatalog
@@ -85,6 +92,7 @@ __all__ = [
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "PendingError",
     "MetadataError",
     "NotDicomError",
     "WriterStateError",
@@ -96,15 +104,27 @@ __all__ = [
     "Catalog",
     "FIND_KEYS",
     "open_catalog",
+    # queries
+    "CatalogQuery",
+    "Match",
+    "QueryCursor",
+    "LEVELS",
+    "LEVEL_KEYS",
+    "LEVEL_FIELDS",
+    "AGGREGATES",
+    "MATCH_FIELDS",
     # their implementations
     "StorageConfig",
     "PosixInstanceStore",
     "JournalSegments",
     "SqliteCatalog",
     "SCHEMA",
+    "PendingRequests",
+    "PendingEntry",
     # records
     "InstanceRecord",
     "IndexStats",
+    "QUERY_FIELDS",
     # building blocks
     "InstanceMetadata",
     "MetadataExtractor",

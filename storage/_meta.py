@@ -33,6 +33,7 @@ import zlib
 import msgspec
 
 from ._part10 import StorageError
+from ._record import QUERY_FIELDS
 
 __all__ = ["MetadataError", "InstanceMetadata", "MetadataExtractor", "DEFLATED_TRANSFER_SYNTAXES"]
 
@@ -55,27 +56,45 @@ _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD
 
+# The attributes that name an instance, then the ones query/retrieve matches on (PS3.4
+# C.6.1.1.2 to C.6.1.1.5 keys), all in group 0008 to 0020 below Instance Number.
 _WANTED = {
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
     0x00080020: "study_date",
+    0x00080030: "study_time",
+    0x00080050: "accession_number",
     0x00080060: "modality",
+    0x00080090: "referring_physician_name",
+    0x00081030: "study_description",
+    0x0008103E: "series_description",
     0x00100010: "patient_name",
     0x00100020: "patient_id",
+    0x00100030: "patient_birth_date",
+    0x00100040: "patient_sex",
+    0x00180015: "body_part_examined",
     0x0020000D: "study_instance_uid",
     0x0020000E: "series_instance_uid",
+    0x00200010: "study_id",
+    0x00200011: "series_number",
     0x00200013: "instance_number",
 }
 _LAST_WANTED = 0x00200013
 
-# The wanted values are UIDs (64 bytes), PN (3 x 64 characters plus escapes), LO, CS,
-# DA, IS: 1 KiB holds any legal one; a longer value is kept truncated, never buffered.
+# The wanted values are UIDs (64 bytes), PN (3 x 64 characters plus escapes), LO, SH,
+# CS, DA, TM, IS: 1 KiB holds any legal one; a longer value is kept truncated, never
+# buffered.
 _VALUE_CAP = 1024
 # PS3.5 sets no nesting limit; real data nests a few levels. 128 open containers (64
 # sequence levels) bounds the stack against hostile nesting.
 _MAX_DEPTH = 128
 # Inflate at most this much per call so one compressed fragment cannot expand in memory.
 _INFLATE_CHUNK = 64 * 1024
+
+# Precompiled decoders of element headers and lengths (PS3.5 7.1), by byte order: the
+# walk decodes one per element, and a compiled Struct skips the format lookup.
+_EXPLICIT_HEADER = {False: struct.Struct("<HH2sH").unpack_from, True: struct.Struct(">HH2sH").unpack_from}
+_LONG_AT = {False: struct.Struct("<I").unpack_from, True: struct.Struct(">I").unpack_from}
 
 # Parser steps: waiting for an 8-byte header, for the 4-byte long length of an explicit
 # OB/SQ/UN/... header, or for a wanted value.
@@ -105,6 +124,20 @@ class InstanceMetadata(msgspec.Struct, frozen=True, kw_only=True):
     modality: str | None = None
     study_date: str | None = None
     instance_number: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_id: str | None = None
+    study_description: str | None = None
+    referring_physician_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    series_number: str | None = None
+    series_description: str | None = None
+    body_part_examined: str | None = None
+
+    def query_fields(self) -> dict[str, str | None]:
+        """The values of the record's query fields (:data:`~storage.QUERY_FIELDS`), by name."""
+        return {name: getattr(self, name) for name in QUERY_FIELDS}
 
 
 class MetadataExtractor:
@@ -142,7 +175,8 @@ class MetadataExtractor:
         self._seen = 0
         self._done = False
         self.error: MetadataError | None = None
-        self._values: dict[str, str] = {}
+        # Raw values by field; decoded when :attr:`result` is read.
+        self._values: dict[str, bytes] = {}
         self._carry = bytearray()
         self._need = 8
         self._step = _HEADER
@@ -165,7 +199,9 @@ class MetadataExtractor:
     @property
     def result(self) -> InstanceMetadata:
         """What has been found so far."""
-        return InstanceMetadata(**self._values)
+        return InstanceMetadata(
+            **{name: raw.decode("latin-1").strip(" \x00") for name, raw in self._values.items()}
+        )
 
     def feed(self, fragment: memoryview | bytes | bytearray) -> None:
         """Walk the next fragment of the data set. Never raises on bad data."""
@@ -260,12 +296,12 @@ class MetadataExtractor:
         if step == _HEADER:
             self._header(chunk)
         elif step == _LONG_LENGTH:
-            (length,) = struct.unpack_from(">I" if self._big else "<I", chunk)
+            (length,) = _LONG_AT[self._big](chunk)
             self._step = _HEADER
             self._need = 8
             self._element(self._tag, self._vr, length)
         else:
-            self._values[_WANTED[self._tag]] = bytes(chunk).decode("latin-1").strip(" \x00")
+            self._values[_WANTED[self._tag]] = bytes(chunk)
             self._step = _HEADER
             self._need = 8
             if self._tag == _LAST_WANTED:
@@ -276,11 +312,15 @@ class MetadataExtractor:
     def _header(self, h: bytes | memoryview | bytearray) -> None:
         """Decode an 8-byte element or item header (PS3.5 7.1.1-7.1.3, 7.5)."""
         big = self._big
-        group, elem, length = struct.unpack_from(">HHI" if big else "<HHI", h)
+        # Read as an explicit VR header (the common case, one unpack); an implicit VR
+        # header and an item or delimiter (no VR in any transfer syntax) have a 32-bit
+        # length in bytes 4-7 instead.
+        group, elem, vr, short = _EXPLICIT_HEADER[big](h)
         tag = (group << 16) | elem
         stack = self._stack
         if stack and stack[-1][0] == _IN_SEQUENCE:
             if tag == _ITEM:
+                (length,) = _LONG_AT[big](h, 4)
                 if length == _UNDEFINED:
                     self._push(_IN_ITEM)
                 else:
@@ -299,9 +339,8 @@ class MetadataExtractor:
                 return
             raise MetadataError(f"unexpected ({group:04X},{elem:04X}) among data elements (PS3.5 7.5)")
         if self._implicit:
-            self._element(tag, b"", length)
+            self._element(tag, b"", _LONG_AT[big](h, 4)[0])
             return
-        vr = bytes(h[4:6])
         if vr in _LONG_VRS:
             self._tag = tag
             self._vr = vr
@@ -310,7 +349,6 @@ class MetadataExtractor:
             return
         if not (vr.isalpha() and vr.isupper()):
             raise MetadataError(f"({group:04X},{elem:04X}) has no valid explicit VR: {vr!r} (PS3.5 7.1.2)")
-        (short,) = struct.unpack_from(">H" if big else "<H", h, 6)
         self._element(tag, vr, short)
 
     def _element(self, tag: int, vr: bytes, length: int) -> None:
@@ -322,7 +360,7 @@ class MetadataExtractor:
             return
         if not self._stack and tag in _WANTED:
             if length == 0:
-                self._values[_WANTED[tag]] = ""
+                self._values[_WANTED[tag]] = b""
                 if tag == _LAST_WANTED:
                     self._stop()
                 return

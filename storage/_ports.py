@@ -14,6 +14,10 @@ catalog fails with :class:`CatalogError` (:class:`CatalogCorrupt` when what is t
 is not a catalog at all, :class:`CatalogBusy` when another writer held it too long),
 never with its database driver's exceptions.
 
+A catalog also answers queries (:meth:`Catalog.query`): which patients, studies, series
+or instances match a :class:`~storage.CatalogQuery` (:mod:`storage._query`), read page
+by page from a :class:`~storage.QueryCursor`.
+
 This module defines types only; :func:`open_catalog` picks an implementation by the
 location's scheme and imports it on demand.
 """
@@ -29,8 +33,9 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import msgspec
 
-from ._part10 import StorageError
 from ._integrity import FileCheck
+from ._part10 import StorageError
+from ._query import CatalogQuery, QueryCursor
 from ._record import IndexStats, InstanceRecord
 
 __all__ = [
@@ -233,6 +238,11 @@ class Catalog(Protocol):
     def count(self) -> int: ...
 
     def stats(self) -> IndexStats: ...
+
+    def query(self, query: CatalogQuery) -> QueryCursor:
+        """The entities matching ``query`` (see :mod:`storage._query`), page by page.
+        Raises :class:`CatalogError` (when reading, too)."""
+        ...
 
     def close(self) -> None: ...
 

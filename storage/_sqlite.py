@@ -28,7 +28,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from ._integrity import FileCheck, resolve, uids
 from ._ports import FIND_KEYS, NO_PROGRESS, CatalogBusy, CatalogCorrupt, CatalogError
+from ._query import CatalogQuery
 from ._record import IndexStats, InstanceRecord
+from ._sqlquery import page_statement, row_dict
 
 __all__ = ["SqliteCatalog", "SCHEMA"]
 
@@ -91,6 +93,7 @@ CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_patient ON instances (patient_id);
 CREATE INDEX IF NOT EXISTS instances_patient_name ON instances (patient_name);
+CREATE INDEX IF NOT EXISTS instances_patient_name_ci ON instances (patient_name COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS instances_study_date ON instances (study_date);
 CREATE INDEX IF NOT EXISTS instances_accession ON instances (accession_number);
 CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
@@ -225,6 +228,7 @@ class SqliteCatalog:
         #: The node whose files this catalog's rows describe (the ``node`` column).
         self.node = node
         busy_ms = int((_BUSY_TIMEOUT_S if timeout_s is None else timeout_s) * 1000)
+        self._busy_ms = busy_ms
         db = None
         try:
             if read_only:
@@ -413,3 +417,67 @@ class SqliteCatalog:
                 " COUNT(DISTINCT series_instance_uid), COUNT(DISTINCT NULLIF(patient_id, '')) FROM instances"
             ).fetchone()
         return IndexStats(*(int(v) for v in row))
+
+    def query(self, query: CatalogQuery) -> _QueryCursor:
+        """The rows answering ``query``, page by page (see :class:`~storage.QueryCursor`).
+
+        The cursor reads through a read-only connection of its own, opened on its first
+        :meth:`~_QueryCursor.fetch`, so it may be read from a worker thread while this
+        catalog's connection stays with its owner; each page is one statement
+        (:func:`~storage._sqlquery.page_statement`). A catalog in memory has no file to
+        open a second connection to: its cursor uses the catalog's own connection and
+        must be read from the catalog's thread.
+        """
+        if not isinstance(query, CatalogQuery):
+            raise TypeError(f"not a CatalogQuery: {query!r}")
+        shared = self._db if self.path in ("", ":memory:") else None
+        return _QueryCursor(self.path, query, shared, self._busy_ms)
+
+
+class _QueryCursor:
+    """One query's pages over its own read-only connection (a :class:`~storage.QueryCursor`)."""
+
+    __slots__ = ("path", "query", "_db", "_shared", "_busy_ms", "_after", "_started", "_done")
+
+    def __init__(self, path: str, query: CatalogQuery, shared: sqlite3.Connection | None, busy_ms: int) -> None:
+        self.path = path
+        self.query = query
+        self._shared = shared
+        self._db: sqlite3.Connection | None = shared
+        self._busy_ms = busy_ms
+        self._after: object = None
+        self._started = False
+        self._done = False
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            uri = pathlib.Path(self.path).resolve().as_uri() + "?mode=ro"
+            try:
+                db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            except sqlite3.Error as exc:
+                raise _catalog_error(exc) from exc
+            self._db = db
+        return self._db
+
+    def fetch(self, n: int) -> list[dict[str, object]]:
+        if self._done or n < 1:
+            return []
+        query = self.query
+        sql, params = page_statement(query, self._after, self._started, n)
+        db = self._connect()
+        with _translated():
+            rows = db.execute(sql, params).fetchall()
+        self._started = True
+        if len(rows) < n:
+            self._done = True
+        if rows:
+            self._after = rows[-1][query.fields.index(query.key)]
+        return [row_dict(query, row) for row in rows]
+
+    def close(self) -> None:
+        self._done = True
+        db, self._db = self._db, None
+        if db is not None and db is not self._shared:
+            db.close()
+

@@ -380,11 +380,6 @@ class InstanceWriter:
             sop_class_uid=self.sop_class_uid,
             study_instance_uid=study,
             series_instance_uid=series,
-            patient_id=meta.patient_id,
-            patient_name=meta.patient_name,
-            modality=meta.modality,
-            study_date=meta.study_date,
-            instance_number=meta.instance_number,
             transfer_syntax_uid=self.transfer_syntax_uid,
             path=relative,
             size=self._size,
@@ -393,6 +388,7 @@ class InstanceWriter:
             called_ae=self.called_ae,
             received_at=float(self.received_at or 0.0),
             generation=generation,
+            **meta.query_fields(),
         )
         self._state = _FINISHED
         return self.record

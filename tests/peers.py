@@ -59,6 +59,9 @@ __all__ = [
     "run_storescu_parallel",
     "storescu_exact_profile",
     "run_echoscu",
+    "run_findscu",
+    "run_getscu",
+    "run_movescu",
     "PynetdicomStorescp",
     "run_pynetdicom_storescu",
     "run_pynetdicom_echoscu",
@@ -355,6 +358,93 @@ def run_echoscu(
     argv = [_require_tool("echoscu"), "-aet", aet, "-aec", aec, *extra_args, host, str(port)]
     proc = _Proc("echoscu", argv, log_dir=log_dir, env=_env(env_nodelay))
     return proc.finish(time.monotonic() + timeout, timeout)
+
+
+def _qr_scu(
+    tool: str,
+    host: str,
+    port: int,
+    keys: Sequence[str],
+    *,
+    model: str,
+    aec: str,
+    aet: str,
+    extra_args: Sequence[str],
+    timeout: float,
+    log_dir: str | os.PathLike[str] | None,
+) -> PeerResult:
+    flag = {"patient": "-P", "study": "-S"}[model]
+    argv = [_require_tool(tool), "-aet", aet, "-aec", aec, flag]
+    for key in keys:
+        argv += ["-k", key]
+    argv += [*extra_args, host, str(port)]
+    proc = _Proc(tool, argv, log_dir=log_dir, env=_env(True))
+    return proc.finish(time.monotonic() + timeout, timeout)
+
+
+def run_findscu(
+    host: str,
+    port: int,
+    keys: Sequence[str],
+    *,
+    model: str = "study",
+    aec: str = "ANY-SCP",
+    aet: str = "FINDSCU",
+    out_dir: str | os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 60,
+    log_dir: str | os.PathLike[str] | None = None,
+) -> PeerResult:
+    """One C-FIND with DCMTK findscu (``model`` "patient" or "study" root; ``keys`` as
+    for ``-k``). With ``out_dir`` each response identifier is written there as
+    rsp0001.dcm ... (-X). findscu's exit status is 0 even for a failure status: read
+    its log (``Received Final Find Response``)."""
+    extra = list(extra_args)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        extra += ["-X", "-od", str(out_dir)]
+    return _qr_scu("findscu", host, port, keys, model=model, aec=aec, aet=aet,
+                   extra_args=["-v", *extra], timeout=timeout, log_dir=log_dir)
+
+
+def run_getscu(
+    host: str,
+    port: int,
+    keys: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str = "study",
+    aec: str = "ANY-SCP",
+    aet: str = "GETSCU",
+    extra_args: Sequence[str] = (),
+    timeout: float = 120,
+    log_dir: str | os.PathLike[str] | None = None,
+) -> PeerResult:
+    """One C-GET with DCMTK getscu; the instances are written bit-preserving (+B) to
+    ``out_dir`` (created)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return _qr_scu("getscu", host, port, keys, model=model, aec=aec, aet=aet,
+                   extra_args=["-v", "+B", "-od", str(out_dir), *extra_args],
+                   timeout=timeout, log_dir=log_dir)
+
+
+def run_movescu(
+    host: str,
+    port: int,
+    keys: Sequence[str],
+    destination: str,
+    *,
+    model: str = "study",
+    aec: str = "ANY-SCP",
+    aet: str = "MOVESCU",
+    extra_args: Sequence[str] = (),
+    timeout: float = 120,
+    log_dir: str | os.PathLike[str] | None = None,
+) -> PeerResult:
+    """One C-MOVE with DCMTK movescu to ``destination`` (an AE the SCP knows)."""
+    return _qr_scu("movescu", host, port, keys, model=model, aec=aec, aet=aet,
+                   extra_args=["-v", "-aem", destination, *extra_args],
+                   timeout=timeout, log_dir=log_dir)
 
 
 # --------------------------------------------------------------------------------- SCPs

@@ -22,7 +22,8 @@ __all__ = ["main", "build_parser"]
 
 _SERVE_DESCRIPTION = """\
 Run a DICOM Storage SCP node: a supervisor, one listener, N workers and M indexers.
-Every Storage SOP Class is accepted in every transfer syntax (plus Verification);
+Every Storage SOP Class is accepted in every transfer syntax (plus Verification,
+Query/Retrieve C-FIND, C-GET and C-MOVE, and Storage Commitment);
 instances are written to STORAGE/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm,
 made durable before the C-STORE is answered, and indexed in STORAGE/index.sqlite.
 
@@ -87,6 +88,8 @@ _SERVE_KEYS = {
     "acse_timeout": "acse-timeout", "dimse_timeout": "dimse-timeout",
     "network_timeout": "network-timeout", "drain_timeout": "drain-timeout",
     "summary_interval": "summary-interval", "log_level": "log-level",
+    "ae_table": "ae-table", "query": "query", "retrieve": "retrieve", "commitment": "commitment",
+    "commitment_verify": "commitment-verify",
 }
 
 
@@ -133,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an instance already stored is replaced (default), kept, or refused")
     store.add_argument("--journal-segment-bytes", type=_integer, metavar="BYTES",
                        help="rotate a worker's journal segment past this size (default 64 MiB)")
+    qr = serve.add_argument_group(
+        "query/retrieve and storage commitment",
+        "C-FIND, C-GET, C-MOVE (Patient Root and Study Root models) and Storage Commitment\n"
+        "are answered from the index, all on by default. C-MOVE destinations, and commitment\n"
+        "requestors no longer connected, are reached through the AE table.")
+    qr.add_argument("--ae-table", metavar="FILE",
+                    help="AE title -> host and port of the AEs the node may connect to, TOML "
+                         '([STORESCP] host = "10.0.0.5" port = 104) or JSON (FILE.json); default: none '
+                         "(C-MOVE answers A801, reports go only on the requestor's association)")
+    qr.add_argument("--no-query", dest="query", action="store_false", default=None,
+                    help="do not answer C-FIND")
+    qr.add_argument("--no-retrieve", dest="retrieve", action="store_false", default=None,
+                    help="do not answer C-GET and C-MOVE")
+    qr.add_argument("--no-commitment", dest="commitment", action="store_false", default=None,
+                    help="do not answer Storage Commitment (N-ACTION)")
+    qr.add_argument("--commitment-verify", action="store_true", default=None,
+                    help="commit an instance only if its file still has the digest recorded when it was "
+                         "stored (reads every file; default: present, same SOP class and size)")
     procs = serve.add_argument_group("processes")
     procs.add_argument("--workers", type=_integer, metavar="N", help="worker processes (default: CPUs)")
     procs.add_argument("--indexers", type=_integer, metavar="N", help="indexer processes (default 1)")

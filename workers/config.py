@@ -15,6 +15,7 @@ This module never starts anything; it reads the files it is told to validate.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import ssl
@@ -31,6 +32,7 @@ __all__ = [
     "default_workers",
     "ssl_context",
     "ae_title_bytes",
+    "ae_table",
 ]
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -80,6 +82,13 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     drain_timeout: Seconds = 10.0
     summary_interval: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Query/Retrieve and Storage Commitment: on unless switched off; the AE table says
+    # where C-MOVE destinations and commitment requestors listen.
+    ae_table: str | None = None
+    query: bool = True
+    retrieve: bool = True
+    commitment: bool = True
+    commitment_verify: bool = False
 
     @property
     def worker_count(self) -> int:
@@ -164,6 +173,53 @@ def validate(config: NodeConfig) -> None:
         raise ConfigError(f"metrics-port {config.metrics_port} is the DICOM port")
     if os.path.exists(config.storage) and not os.path.isdir(config.storage):
         raise ConfigError(f"storage {config.storage} exists and is not a directory")
+    ae_table(config)
+
+
+class _RemoteAE(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: Annotated[str, msgspec.Meta(min_length=1)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+def ae_table(config: NodeConfig) -> dict[str, tuple[str, int]]:
+    """The AE table of ``ae-table`` (TOML, or JSON when the name ends in .json): AE
+    title -> (host, port). Empty without one. Raises ConfigError naming the entry.
+
+    TOML: one table per AE, ``[STORESCP]`` then ``host = "10.0.0.5"`` and
+    ``port = 104``; JSON: ``{"STORESCP": {"host": "10.0.0.5", "port": 104}}``.
+    """
+    path = config.ae_table
+    if path is None:
+        return {}
+
+    def bad(text: str) -> ConfigError:
+        return ConfigError(f"ae-table {path}: {text}", "ae-table", text)
+
+    try:
+        with open(path, "rb") as fp:
+            raw = json.load(fp) if path.endswith(".json") else tomllib.load(fp)
+    except OSError as exc:
+        raise bad(f"cannot read it: {exc.strerror or exc}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise bad(f"not valid {'JSON' if path.endswith('.json') else 'TOML'}: {_one_line(exc)}") from None
+    if not isinstance(raw, dict):
+        raise bad("expected AE titles, each with a host and a port")
+    table: dict[str, tuple[str, int]] = {}
+    for title, entry in raw.items():
+        try:
+            name = ae_title_bytes(title, "AE title").decode("ascii")
+        except ConfigError as exc:
+            raise bad(str(exc)) from None
+        if isinstance(entry, dict) and "tls" in entry:
+            raise bad(f"{name}: tls is not supported yet")
+        try:
+            remote = msgspec.convert(entry, _RemoteAE)
+        except msgspec.ValidationError as exc:
+            raise bad(f"{name}: {_one_line(exc)}") from None
+        if name in table:
+            raise bad(f"{name} appears twice")
+        table[name] = (remote.host, remote.port)
+    return table
 
 
 def allowed_networks(

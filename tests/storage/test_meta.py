@@ -381,3 +381,48 @@ def test_multi_megabyte_stream_is_walked_without_holding_it() -> None:
         pos += n
     assert extractor.done and extractor.error is None
     assert extractor.result.series_instance_uid == EXPECTED.series_instance_uid
+
+
+#: The query/retrieve attributes the extractor also captures, with values of each VR.
+QUERY_VALUES = {
+    "StudyTime": ("study_time", "101500.25"),
+    "AccessionNumber": ("accession_number", "ACC-7"),
+    "ReferringPhysicianName": ("referring_physician_name", "Referrer^Rita"),
+    "StudyDescription": ("study_description", "Chest CT"),
+    "SeriesDescription": ("series_description", "Axial 1.25"),
+    "PatientBirthDate": ("patient_birth_date", "19700101"),
+    "PatientSex": ("patient_sex", "F"),
+    "BodyPartExamined": ("body_part_examined", "CHEST"),
+    "StudyID": ("study_id", "S12"),
+    "SeriesNumber": ("series_number", "3"),
+}
+
+
+@pytest.mark.parametrize("ts", ALL_SYNTAXES)
+def test_query_attributes_are_captured_at_top_level_only(ts: str) -> None:
+    """Every query field of the record, from the top level; the same keywords nested in a
+    sequence placed before them are decoys."""
+    ds = tricky_dataset()
+    decoy = Dataset()
+    decoys = {"StudyTime": "235959", "PatientBirthDate": "19990909", "SeriesNumber": "9"}
+    for keyword in QUERY_VALUES:
+        setattr(decoy, keyword, decoys.get(keyword, "DECOY"))
+    ds.ReferencedPatientSequence = Sequence([decoy])  # (0008,1120): among the wanted tags
+    for keyword, (_, value) in QUERY_VALUES.items():
+        setattr(ds, keyword, value)
+    data = encode(ds, ts)
+    for chunks in (None, fragments(data, [1]), fragments(data, seed=3)):
+        got = extract(data, ts, chunks)
+        assert got.error is None
+        fields = got.result.query_fields()
+        for _, (name, value) in QUERY_VALUES.items():
+            assert fields[name] == value, name
+        assert fields["patient_name"] == EXPECTED.patient_name
+        assert fields["instance_number"] == EXPECTED.instance_number
+
+
+def test_an_empty_query_attribute_is_empty_not_absent() -> None:
+    ds = tricky_dataset()
+    ds.AccessionNumber = ""
+    got = extract(encode(ds, EXPLICIT), EXPLICIT).result
+    assert got.accession_number == "" and got.study_time is None

@@ -191,6 +191,21 @@ def test_publish_now_every_transfer_syntax(tmp_path: Path, ts: str) -> None:
     assert leftovers(tmp_path)[0] == []
 
 
+def test_the_record_carries_the_query_attributes(tmp_path: Path) -> None:
+    """The query/retrieve fields of the record are filled from the streamed data set."""
+    config = make_config(tmp_path)
+    data = encode(dataset(StudyTime="0930", AccessionNumber="ACC1", StudyID="S1",
+                          StudyDescription="Head", ReferringPhysicianName="Ref^Rita",
+                          PatientBirthDate="19800202", PatientSex="M", SeriesNumber="4",
+                          SeriesDescription="Axial", BodyPartExamined="HEAD"), EXPLICIT)
+    record = publish_now(stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data))
+    assert (record.study_time, record.accession_number, record.study_id, record.study_description,
+            record.referring_physician_name, record.patient_birth_date, record.patient_sex,
+            record.series_number, record.series_description, record.body_part_examined) == (
+        "0930", "ACC1", "S1", "Head", "Ref^Rita", "19800202", "M", "4", "Axial", "HEAD")
+    assert (record.patient_id, record.study_date) == (EXPECTED.patient_id, EXPECTED.study_date)
+
+
 @pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
 def test_publisher_every_durability_with_journal(tmp_path: Path, durability: str) -> None:
     config = make_config(tmp_path, durability=durability, batch_window_ms=1)  # type: ignore[arg-type]

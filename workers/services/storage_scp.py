@@ -158,7 +158,8 @@ class _Store:
 class StorageSCP:
     """The Storage SCP of every storage SOP class in every transfer syntax.
 
-    ``called_ae`` is written to the files' File Meta (Receiving AE). While
+    ``called_ae`` is written to the files' File Meta (Receiving AE);
+    ``role_selection`` lets a requestor take the SCP role (see :meth:`contexts`). While
     :attr:`accepting` is False (the node is draining), a new C-STORE is refused
     A700 and its association aborted; stores in progress finish.
     """
@@ -172,6 +173,7 @@ class StorageSCP:
         sop_classes: tuple[str, ...] = STORAGE_SOP_CLASSES,
         transfer_syntaxes: tuple[str, ...] = TRANSFER_SYNTAXES,
         clock: Any = time.monotonic,
+        role_selection: bool = False,
     ) -> None:
         self.store = store
         self.called_ae = called_ae
@@ -179,10 +181,17 @@ class StorageSCP:
         self.sop_classes = tuple(str(uid) for uid in sop_classes)
         self.transfer_syntaxes = transfer_syntaxes
         self.clock = clock
+        self.role_selection = role_selection
         self.accepting = True
 
     def contexts(self) -> list[PresentationContext]:
-        return [PresentationContext(abstract_syntax=uid, transfer_syntax=self.transfer_syntaxes)
+        """One context per storage SOP class. With ``role_selection`` a requestor may
+        take either role (PS3.7 D.3.3.4): a C-GET SCU proposes the SCP role for the
+        classes it wants back, and this node then sends them as SCU; without it the
+        proposal is ignored and the default roles apply."""
+        role = True if self.role_selection else None
+        return [PresentationContext(abstract_syntax=uid, transfer_syntax=self.transfer_syntaxes,
+                                    scu_role=role, scp_role=role)
                 for uid in self.sop_classes]
 
     def register(self, registry: ServiceRegistry) -> None:
