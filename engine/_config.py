@@ -102,7 +102,7 @@ def validate_ae_title(value: object, what: str = "AE title") -> bytes:
     """
     text = _repertoire_text(value, what).strip(" ")
     if not text:
-        raise ValueError(f"{what} {value!r} is empty or all spaces")
+        raise ValueError(f"{what} {value!r} is empty or consists entirely of only spaces")
     if len(text) > _AE_TITLE_MAX:
         raise ValueError(f"{what} {value!r} is longer than {_AE_TITLE_MAX} characters")
     return text.encode("ascii")
@@ -140,9 +140,16 @@ def _uid_args(transfer_syntax: object) -> list[UID]:
 
 
 def _context_copy(cx: object) -> PresentationContext:
-    """A fresh configuration copy of ``cx``: syntaxes and roles, no negotiation state."""
+    """A fresh configuration copy of ``cx``: syntaxes and roles, no negotiation state.
+
+    An item that is not a :class:`PresentationContext` makes the list a wrong *value*
+    for ``requested_contexts``/``supported_contexts`` (a list is the right type):
+    ValueError, as the reference implementation raises.
+    """
     if not isinstance(cx, PresentationContext):
-        raise TypeError(f"expected a PresentationContext, not {type(cx).__name__}")
+        raise ValueError(
+            f"presentation contexts must be PresentationContext items, not {type(cx).__name__}"
+        )
     if cx.abstract_syntax is None:
         raise ValueError(f"presentation context has no abstract syntax: {cx!r}")
     copy = build_context(cx.abstract_syntax, cx.transfer_syntax)

@@ -286,7 +286,8 @@ def test_requested_contexts_setter(ae: ApplicationEntityConfig) -> None:
         ae.requested_contexts = [build_context(VerificationSOPClass)] * 129
     with pytest.raises(ValueError):
         ae.requested_contexts = StoragePresentationContexts  # longer than 128
-    with pytest.raises(TypeError):
+    # A list is the right type; items that are not contexts make it a wrong value.
+    with pytest.raises(ValueError):
         ae.requested_contexts = [VerificationSOPClass]
     with pytest.raises(ValueError):
         ae.requested_contexts = [PresentationContext()]
@@ -369,7 +370,7 @@ def test_supported_contexts_setter(ae: ApplicationEntityConfig) -> None:
     (cx,) = ae.supported_contexts
     assert cx.transfer_syntax == [IMPLICIT, JPEG]
     assert (cx.scu_role, cx.scp_role) == (None, None)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):
         ae.supported_contexts = [CTImageStorage]
     with pytest.raises(ValueError):
         ae.supported_contexts = [PresentationContext(abstract_syntax=CTImageStorage)]
