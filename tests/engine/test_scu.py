@@ -12,6 +12,7 @@ one is refused with a clear error before anything is sent.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import zlib
 from collections.abc import Iterator
@@ -106,15 +107,18 @@ def test_deflated_odd_length_is_padded(link, tmp_path):
     ds = make_dataset("deflated", unique=True)
     path = write_part10(ds, tmp_path / "d.dcm")
     raw = dataset_bytes(path)
-    if len(raw) % 2 == 0:  # make it odd: re-deflate with another level until it is
+    if len(raw) % 2 == 0:
+        # Make it odd: add Data Set Trailing Padding (FFFC,FFFC) of growing length (the
+        # last tag a data set may hold) until the deflated stream is odd.
         inflated = zlib.decompress(raw, -15)
-        for level in range(9, -1, -1):
-            body = zlib.compressobj(level, zlib.DEFLATED, -15)
-            odd = body.compress(inflated) + body.flush()
+        for size in range(2, 512, 2):
+            padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, size) + bytes(size)
+            body = zlib.compressobj(6, zlib.DEFLATED, -15)
+            odd = body.compress(inflated + padding) + body.flush()
             if len(odd) % 2:
                 break
         else:
-            pytest.fail("no deflate level gave an odd length")
+            pytest.fail("no padding gave an odd deflated length")
         data = path.read_bytes()
         path.write_bytes(data[:len(data) - len(raw)] + odd)
         raw = odd
