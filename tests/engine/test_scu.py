@@ -103,7 +103,9 @@ def test_request_uses_the_data_sets_uids_and_logs_a_mismatch(link, tmp_path, cap
     assert "1.2.3.999" in caplog.text and "data set's" in caplog.text
 
 
-def test_deflated_odd_length_is_padded(link, tmp_path):
+def _odd_deflated_file(tmp_path: Path):
+    """(dataset, path, data set bytes) of a deflated instance whose data set has an
+    odd length."""
     ds = make_dataset("deflated", unique=True)
     path = write_part10(ds, tmp_path / "d.dcm")
     raw = dataset_bytes(path)
@@ -122,12 +124,36 @@ def test_deflated_odd_length_is_padded(link, tmp_path):
         data = path.read_bytes()
         path.write_bytes(data[:len(data) - len(raw)] + odd)
         raw = odd
+    return ds, path, raw
+
+
+def test_deflated_odd_length_is_padded(link, tmp_path):
+    ds, path, raw = _odd_deflated_file(tmp_path)
     assoc, received = link(str(ds.SOPClassUID), [DeflatedExplicitVRLittleEndian])
     assert assoc.send_c_store(path).Status == 0x0000
     assoc.release()
     ((_, _, ts, got),) = received.items
     assert ts == DeflatedExplicitVRLittleEndian
     assert got == raw + b"\x00"  # PS3.5 A.5: one trailing null byte makes it even
+
+
+@pytest.mark.interop
+def test_deflated_odd_length_stored_by_storescp(storescp, tmp_path):
+    """storescp aborts on an odd-length PDV; padded, it stores the instance."""
+    scp = storescp()
+    ds, path, raw = _odd_deflated_file(tmp_path)
+    ae = AE("OURSCU")
+    try:
+        assoc = ae.associate(HOST, scp.port, [build_context(str(ds.SOPClassUID),
+                                                            [DeflatedExplicitVRLittleEndian])],
+                             ae_title="STORESCP")
+        assert assoc.is_established, scp.logs()
+        assert assoc.send_c_store(path).Status == 0x0000, scp.logs()
+        assoc.release()
+    finally:
+        ae.shutdown()
+    (stored,) = scp.wait_for_files(1)
+    assert dataset_bytes(stored) == raw + b"\x00"
 
 
 @pytest.mark.parametrize("accepted", [ImplicitVRLittleEndian, ExplicitVRBigEndian])
