@@ -103,6 +103,8 @@ class Association:
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
+        #: Bound on opening the transport connection (requestor; None: network_timeout).
+        self.connection_timeout: float | None = None
         self.is_requestor = is_requestor
         self.requested_contexts = list(requested_contexts)
         conn = Connection(

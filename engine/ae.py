@@ -141,7 +141,8 @@ class ApplicationEntity(ApplicationEntityConfig):
         getattr(ApplicationEntityConfig, name).fset(self, value)
         value = getattr(self, name)
         for server in list(self._servers):
-            setattr(server._server.config, name, value)
+            if hasattr(server._server.config, name):
+                setattr(server._server.config, name, value)
         for assoc in self.active_associations:
             assoc._set_timeout(name, value)
 
@@ -162,6 +163,12 @@ class ApplicationEntity(ApplicationEntityConfig):
         lambda self, value: self._set_timeout("network_timeout", value),
         doc=ApplicationEntityConfig.network_timeout.__doc__
         + " A change applies to live associations and running servers too.",
+    )
+
+    connection_timeout = property(
+        ApplicationEntityConfig.connection_timeout.fget,  # type: ignore[attr-defined]
+        lambda self, value: self._set_timeout("connection_timeout", value),
+        doc=ApplicationEntityConfig.connection_timeout.__doc__,
     )
 
     def __str__(self) -> str:
@@ -234,14 +241,12 @@ class ApplicationEntity(ApplicationEntityConfig):
         Returns an :class:`Association` whether or not it was accepted: check
         ``is_established``. Raises RuntimeError if no presentation context is requested.
         """
-        if not isinstance(addr, str):
-            raise TypeError(f"addr must be the peer's address as a str, not {type(addr).__name__}")
+        addr = _peer_host(addr)
         if isinstance(port, bool) or not isinstance(port, int):
-            raise TypeError(f"port must be an int, not {type(port).__name__}")
+            raise TypeError(f"'port' must be int, not {type(port).__name__}")
         if not 0 < port < 65536:
-            raise ValueError(f"port must be 1..65535, not {port}")
-        # A socket connect to '' reaches this host (INADDR_ANY); name resolution would not.
-        addr = addr or "0.0.0.0"
+            raise ValueError(f"'port' must be 1..65535, not {port}")
+        bind_address = _bind_address(bind_address)
         contexts = list(contexts) if contexts is not None else self.requested_contexts
         if not contexts:
             raise RuntimeError(
@@ -262,6 +267,7 @@ class ApplicationEntity(ApplicationEntityConfig):
             acse_timeout=self.acse_timeout,
             dimse_timeout=self.dimse_timeout,
             network_timeout=self.network_timeout,
+            connection_timeout=self.connection_timeout,
             handlers=normalize_handlers(evt_handlers),
             ae=self,
         )
@@ -373,6 +379,33 @@ class ApplicationEntity(ApplicationEntityConfig):
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.stop()
+
+
+def _peer_host(addr: object) -> str:
+    """The host to connect to from ``associate``'s ``addr``: a str, or an IPv6
+    ``(host, flowinfo, scope_id)`` tuple (pynetdicom 2.0+)."""
+    if isinstance(addr, tuple) and len(addr) == 3 and isinstance(addr[0], str) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in addr[1:]
+    ):
+        host, _, scope = addr
+        return f"{host}%{scope}" if scope else host
+    if not isinstance(addr, str):
+        raise TypeError(f"'addr' must be str or tuple (host, flowinfo, scope_id), "
+                        f"not {type(addr).__name__}")
+    # A socket connect to '' reaches this host (INADDR_ANY); name resolution would not.
+    return addr or "0.0.0.0"
+
+
+def _bind_address(value: object) -> tuple[str, int]:
+    """``associate``'s ``bind_address``: (host, port), or (host, port, flowinfo,
+    scope_id) for IPv6; returned as the (host, port) the connection binds."""
+    ok = isinstance(value, tuple) and len(value) in (2, 4) and isinstance(value[0], str) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value[1:]
+    )
+    if not ok:
+        raise TypeError("'bind_address' must be tuple (host, port) or "
+                        f"(host, port, flowinfo, scope_id), not {value!r}")
+    return value[0], value[1]  # type: ignore[index]
 
 
 #: pynetdicom's short alias.

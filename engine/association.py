@@ -92,10 +92,16 @@ class Association:
     def network_timeout(self) -> float | None:
         return self._inner.network_timeout
 
+    @property
+    def connection_timeout(self) -> float | None:
+        return self._inner.connection_timeout
+
     def _set_timeout(self, name: str, value: float | int | None) -> None:
         """Apply a changed AE timeout (``acse_timeout``...) to this live association."""
         inner = self._inner
         setattr(inner, name, value)
+        if name == "connection_timeout":
+            return  # the connection is made already
         conn = inner.conn
         if name == "acse_timeout":
             conn.machine.artim_timeout = value

@@ -289,6 +289,21 @@ def test_associate_argument_types(aes):
         ae.associate(HOST, 0)
     with pytest.raises(ValueError):
         ae.associate(HOST, 70000)
+    with pytest.raises(TypeError, match="'addr' must be str or tuple"):
+        ae.associate(("localhost", "foo", 0), 11112)
+    with pytest.raises(TypeError, match="'bind_address' must be tuple"):
+        ae.associate(HOST, 11112, bind_address=("localhost", "x"))
+
+
+def test_associate_ipv6_tuple_and_connection_timeout(aes, serve):
+    _, port = serve()
+    ae = _requestor(aes)
+    ae.connection_timeout = 5
+    assoc = ae.associate((HOST, 0, 0), port)  # pynetdicom 2.0+'s (host, flowinfo, scope)
+    assert assoc.is_established and assoc.connection_timeout == 5
+    ae.connection_timeout = 7
+    assert assoc.connection_timeout == 7
+    assoc.release()
 
 
 @pytest.mark.parametrize("setting", ["require_called_aet", "require_calling_aet"])
