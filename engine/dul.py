@@ -77,6 +77,7 @@ from ._fsm import (
     State,
 )
 from ._pdu import (
+    PDV,
     AAbort,
     AAssociateAC,
     AAssociateRJ,
@@ -85,6 +86,9 @@ from ._pdu import (
     AReleaseRQ,
     PDataTF,
     PDUDecoder,
+    PresentationContextAC,
+    PresentationContextRQ,
+    UserInformation,
     encode_pdu,
 )
 
@@ -92,7 +96,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._assoc import Association as AsyncAssociation
     from ._loop import LoopThread
 
-__all__ = ["DULServiceProvider", "ARTIMTimerView", "StateMachineView", "TRANSPORT_CLOSED"]
+__all__ = [
+    "DULServiceProvider",
+    "ARTIMTimerView",
+    "StateMachineView",
+    "TRANSPORT_CLOSED",
+    # The PDUs a DUL user sends and receives (PS3.8 9.3), re-exported from engine._pdu.
+    "AAssociateRQ",
+    "AAssociateAC",
+    "AAssociateRJ",
+    "PDataTF",
+    "PDV",
+    "AReleaseRQ",
+    "AReleaseRP",
+    "AAbort",
+    "PresentationContextRQ",
+    "PresentationContextAC",
+    "UserInformation",
+]
 
 log = logging.getLogger("scpfleet.engine.dul")
 
