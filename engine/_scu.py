@@ -50,7 +50,7 @@ _WRITE_HIGH_WATER = 4 << 20
 _VERIFICATION = "1.2.840.10008.1.1"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
-_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Conversion targets in order of preference: no byte swapping, then the smallest.
 _TARGET_ORDER = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99",
                  "1.2.840.10008.1.2.2")
@@ -299,7 +299,7 @@ class ServiceUser:
             chunks: Iterable[bytes | memoryview] = _read_chunks(fobj, size)
             if target != stored:
                 chunks = iter_transcoded(chunks, stored, target)
-            elif stored in _DEFLATED and size % 2:
+            elif stored == _DEFLATED and size % 2:
                 chunks = _padded(chunks)  # PS3.5 A.5: a deflated stream padded to even
             rq = CStoreRQ(
                 message_id=message_id,

@@ -43,6 +43,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Iterable
+
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
@@ -52,8 +53,8 @@ __all__ = [
     "CONVERTIBLE",
     "can_transcode",
     "transcode",
+    "iter_transcoded",
     "read_sop_uids",
-    "pad_deflated",
 ]
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -90,9 +91,6 @@ _BITS_ALLOCATED = (0x0028, 0x0100)
 _PIXEL_REPRESENTATION = (0x0028, 0x0103)
 #: Largest value a short-VR explicit header can carry (PS3.5 7.1.2: 16-bit length).
 _SHORT_MAX = 0xFFFF
-#: A data element header is at most 12 bytes; values of the elements VR resolution needs
-#: (US) are 2. Values up to this size are held whole, bigger ones stream through.
-_SMALL_VALUE = 64
 #: How much of a data set's head :func:`read_sop_uids` looks at: SOP Class/Instance UIDs
 #: are group 0008 elements, after at most a few hundred bytes of group 0008 and less.
 _HEAD_LIMIT = 64 * 1024
@@ -123,7 +121,9 @@ class _Level:
         self.implicit = implicit  # input encoding of its content
         self.little = little
         self.out_defined = out_defined  # its output keeps the defined length
-        self.values = values  # BitsAllocated/PixelRepresentation of the enclosing data set
+        # Bits Allocated / Pixel Representation seen in this data set or item (None for
+        # a sequence, whose elements are items).
+        self.values = values
 
 
 class Transcoder:
@@ -140,10 +140,11 @@ class Transcoder:
         if not self.passthrough:
             for uid in (source, target):
                 if uid not in _ENCODINGS:
+                    names = ", ".join(_name(u) for u in sorted(CONVERTIBLE))
                     raise TranscodeError(
                         f"cannot convert a data set from {_name(source)} to {_name(target)}: "
-                        f"{_name(uid)} is compressed (only {', '.join(_name(u) for u in sorted(CONVERTIBLE))}"
-                        " can be converted without decoding pixel data)"
+                        f"{_name(uid)} is compressed (only {names} can be converted "
+                        "without decoding pixel data)"
                     )
         self.source, self.target = source, target
         src = _ENCODINGS.get(source, (False, True, False))
@@ -320,7 +321,8 @@ class Transcoder:
         level = self._stack[-1]
         group, elem = tag
         if group == 0xFFFE:
-            return self._delimiter(tag, length, level, view, pos, end)
+            self._delimiter(tag, length, level)
+            return pos
         if level.kind == "sequence":
             raise TranscodeError(
                 f"({group:04X},{elem:04X}) found where a sequence item was expected"
@@ -361,8 +363,8 @@ class Transcoder:
             self._record = (tag, values, level.little)
         return pos
 
-    def _delimiter(self, tag: tuple[int, int], length: int, level: _Level,
-                   view: memoryview, pos: int, end: int) -> int:
+    def _delimiter(self, tag: tuple[int, int], length: int, level: _Level) -> None:
+        """An item, item delimiter or sequence delimiter (PS3.5 7.5)."""
         if tag == _ITEM:
             if level.kind != "sequence":
                 raise TranscodeError("an item outside a sequence")
@@ -370,15 +372,15 @@ class Transcoder:
             self._emit(self._header(*_ITEM, None, length if keep else _UNDEFINED))
             self._stack.append(_Level("item", None if length == _UNDEFINED else length,
                                       level.implicit, level.little, keep, {}))
-            return pos
+            return
         if tag == _ITEM_END and level.kind == "item" and level.remaining is None:
             self._stack.pop()
             self._emit(self._header(*_ITEM_END, None, 0))
-            return pos
+            return
         if tag == _SEQUENCE_END and level.kind == "sequence" and level.remaining is None:
             self._stack.pop()
             self._emit(self._header(*_SEQUENCE_END, None, 0))
-            return pos
+            return
         raise TranscodeError(f"unexpected delimiter (FFFE,{tag[1]:04X}) in a {level.kind}")
 
     def _dictionary_vr(self, tag: tuple[int, int], length: int, values: dict) -> bytes:
@@ -475,11 +477,6 @@ def iter_transcoded(chunks: Iterable[bytes | memoryview], source: str,
     yield from coder.finish()
 
 
-def pad_deflated(size: int) -> bytes:
-    """The padding a deflated data set of ``size`` bytes needs to be even (PS3.5 A.5)."""
-    return b"\x00" if size % 2 else b""
-
-
 def read_sop_uids(head: bytes | memoryview, transfer_syntax: str) -> tuple[str, str]:
     """(SOP Class UID, SOP Instance UID) from the first bytes of a data set.
 
@@ -489,7 +486,7 @@ def read_sop_uids(head: bytes | memoryview, transfer_syntax: str) -> tuple[str, 
     """
     data = bytes(head[:_HEAD_LIMIT])
     ts = str(transfer_syntax)
-    if ts in (DEFLATED_LE, "1.2.840.10008.1.2.8.1"):
+    if ts == DEFLATED_LE:
         try:
             data = zlib.decompressobj(-15).decompress(data, _HEAD_LIMIT)
         except zlib.error:
