@@ -93,7 +93,6 @@ from ._pdu import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._assoc import Association as AsyncAssociation
     from ._loop import LoopThread
 
 __all__ = [
