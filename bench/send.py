@@ -3,17 +3,26 @@
 Theory of operation: the paths (and ``--from-list`` files) are walked recursively and
 only each file's File Meta Information is read (PS3.10 7.1); a file that is not Part 10,
 or whose meta lacks the Media Storage SOP Class/Instance UIDs, is reported and skipped.
-Each distinct (SOP class, transfer syntax) pair gets a presentation context proposing
-exactly that syntax, so every file goes out as stored, streamed from disk without being
-decoded. One association proposes at most 128 contexts (PS3.8 9.3.2.2): with more pairs,
+Each file's SOP Class/Instance UIDs are those of its data set, read from its first
+bytes (inflating just its head when deflated), as other senders do; a File Meta that
+says otherwise is reported on stderr and the data set's UIDs are used. Each distinct
+(SOP class, transfer syntax) pair gets a presentation context proposing exactly that
+syntax, so every file goes out as stored, streamed from disk without being decoded
+(should the SCP accept the SOP class only in another uncompressed syntax, the engine
+converts it while streaming; an odd-length deflated data set gets its trailing null
+byte, PS3.5 A.5). One association proposes at most 128 contexts (PS3.8 9.3.2.2): with more pairs,
 the files are grouped so that each group's pairs fit, and the groups are sent one after
 the other. Within a group ``--associations`` tasks on one event loop share a queue.
 
 Transient failures are retried with exponential backoff up to ``--retries`` times: a
-connection that fails, an A-ASSOCIATE-RJ rejected-transient, an abort or timeout while
-storing, and DIMSE status A7xx (refused, out of resources, PS3.4 Table B.2-1). Anything
-else (rejected-permanent, other failure statuses, a context the SCP did not accept) fails
-the file at once. At the end the failed paths are listed with their reasons and, with
+connection that fails, an A-ASSOCIATE-RJ rejected-transient, the association closing
+between two files, and DIMSE status A7xx (refused, out of resources, PS3.4 Table B.2-1).
+A peer that aborts the association while a file is being stored, or aborts the
+association request, is reported at once on stderr and the file or association is tried
+once more (:data:`ABORT_RETRIES`): a peer that aborts on a file again will do so every
+time. A peer that does not answer at all (the timeout runs out) is not retried: another
+attempt would only wait the whole timeout again. Anything else (rejected-permanent,
+other failure statuses, a context the SCP did not accept) fails the file at once. At the end the failed paths are listed with their reasons and, with
 ``--failed-list``, written one per line for a rerun (``--from-list``).
 """
 
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from engine import aio
+from engine.dataset import read_sop_uids
 from engine.presentation import build_context
 from engine.sop_class import uid_name
 from engine.status import status_category, status_description
@@ -59,6 +69,12 @@ MAX_CONTEXTS = 128
 MAX_BACKOFF_S = 30.0
 #: Failed and skipped files printed in the summary; the rest go to --failed-list.
 LIST_LIMIT = 20
+#: Further attempts after the peer aborted (a file being stored, or the association
+#: request): one, in case the abort had another cause; a peer that aborts on the same
+#: file again will do so every time, and more attempts only repeat it.
+ABORT_RETRIES = 1
+#: Bytes of a data set's head read for its SOP UIDs (group 0008 comes first).
+HEAD_BYTES = 16 * 1024
 
 DESCRIPTION = """\
 Send an archive of DICOM Part 10 files to a Storage SCP: folders are walked
@@ -66,9 +82,12 @@ recursively, only each file's File Meta Information is read, every file is strea
 as stored (never decoded or converted) over --associations parallel associations
 proposing exactly the (SOP class, transfer syntax) pairs found. Files that are not
 DICOM are reported and skipped. Transient failures (connection failed, association
-rejected-transient, aborted or timed out, status 0xA7xx out of resources) are retried
-with backoff up to --retries times. Exit status 0 when every DICOM file was stored,
-1 when any failed (see --failed-list), 2 on bad arguments."""
+rejected-transient, status 0xA7xx out of resources) are retried with backoff up to
+--retries times; a peer that aborts is reported at once and tried once more; a peer
+that does not answer within --timeout is not retried. The C-STORE names the SOP
+Class/Instance UIDs of each data set (a File Meta that differs is reported).
+Exit status 0 when every DICOM file was stored, 1 when any failed (see
+--failed-list), 2 on bad arguments."""
 
 EPILOG = """\
 examples:
@@ -134,8 +153,10 @@ def read_list(path: str) -> list[str]:
         raise UsageError(f"cannot read list {path}: {exc.strerror or exc}") from None
 
 
-def scan(paths: Sequence[str]) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """(files to send, [(path, why skipped)]) reading only each file's meta."""
+def scan(paths: Sequence[str], warn: Any = None) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """(files to send, [(path, why skipped)]) reading each file's meta and the head of
+    its data set (its SOP UIDs). ``warn(text)`` hears of a File Meta whose UIDs differ
+    from the data set's (the data set's are used)."""
     entries: list[Entry] = []
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -146,14 +167,24 @@ def scan(paths: Sequence[str]) -> tuple[list[Entry], list[tuple[str, str]]]:
         try:
             meta = read_file_meta(path)
             size = os.path.getsize(path) - meta.dataset_offset
+            with open(path, "rb") as fobj:
+                fobj.seek(meta.dataset_offset)
+                head = fobj.read(HEAD_BYTES)
         except (NotDicomError, OSError) as exc:
             skipped.append((path, f"not DICOM: {exc}"))
             continue
-        if not meta.media_storage_sop_class_uid or not meta.media_storage_sop_instance_uid:
-            skipped.append((path, "no Media Storage SOP Class/Instance UID in the meta"))
+        sop_class, sop_instance = read_sop_uids(head, meta.transfer_syntax_uid)
+        meta_class = meta.media_storage_sop_class_uid
+        meta_instance = meta.media_storage_sop_instance_uid
+        if warn is not None and ((sop_class and meta_class and sop_class != meta_class) or (
+                sop_instance and meta_instance and sop_instance != meta_instance)):
+            warn(f"{path}: the File Meta names {meta_class} / {meta_instance} but the data "
+                 f"set {sop_class} / {sop_instance}; sending the data set's")
+        sop_class = sop_class or meta_class
+        if not sop_class or not (sop_instance or meta_instance):
+            skipped.append((path, "no SOP Class/Instance UID in the data set or the meta"))
             continue
-        entries.append(Entry(path, meta.media_storage_sop_class_uid,
-                             meta.transfer_syntax_uid, size))
+        entries.append(Entry(path, sop_class, meta.transfer_syntax_uid, size))
     return entries, skipped
 
 
@@ -272,7 +303,12 @@ class _Sender:
                     cause = outcome.cause
                     self.assoc_failures[cause] = self.assoc_failures.get(cause, 0) + 1
                     self.reasons.setdefault(cause, outcome.reason)
-                    if not outcome.transient or assoc_failures > args.retries:
+                    limit = association_retry_limit(cause, outcome.transient, args.retries)
+                    if cause in ("aborted", "timeout"):
+                        self.report(f"association to {args.host}:{args.port}: "
+                                    f"{outcome.reason}"
+                                    + ("; trying once more" if assoc_failures <= limit else ""))
+                    if assoc_failures > limit:
                         self._give_up(entry, outcome.reason)
                         return
                     self.retries += 1
@@ -285,7 +321,12 @@ class _Sender:
                     assoc = None
                 if verdict == "ok":
                     continue
-                if verdict == "retry" and entry.attempts < args.retries:
+                limit = {"retry": args.retries,
+                         "aborted": min(args.retries, ABORT_RETRIES)}.get(verdict, 0)
+                if verdict in ("aborted", "timeout"):
+                    self.report(f"{entry.path}: {reason}"
+                                + ("; trying once more" if entry.attempts < limit else ""))
+                if entry.attempts < limit:
                     entry.attempts += 1
                     self.retries += 1
                     await self._pause(self.backoff(entry.attempts))
@@ -302,6 +343,12 @@ class _Sender:
             if assoc is not None and assoc.is_established:
                 await assoc.release()
 
+    def report(self, text: str) -> None:
+        """Say at once, on stderr, what went wrong (the summary lists it again)."""
+        if self.progress is not None:
+            self.progress.clear()
+        print(text, file=sys.stderr, flush=True)
+
     def _give_up(self, entry: Entry, reason: str) -> None:
         """This task cannot associate: leave the file to the others, or fail the rest."""
         self.queue.appendleft(entry)
@@ -311,7 +358,9 @@ class _Sender:
             self.fail(self.queue.popleft(), reason)
 
     async def _store(self, assoc: aio.Association, entry: Entry) -> tuple[str, str, bool]:
-        """C-STORE one file: ("ok"|"retry"|"fail", reason, association lost)."""
+        """C-STORE one file: (verdict, reason, association lost); the verdict is "ok",
+        "retry" (transient), "aborted" (the association ended while it was stored),
+        "timeout" (no response in time) or "fail"."""
         start = time.perf_counter()  # loop.time() is millisecond-grained on uvloop
         try:
             rsp = await assoc.send_c_store(entry.path)
@@ -331,7 +380,8 @@ class _Sender:
             return "fail", f"cannot read: {exc}", True
         status = rsp.get("Status")
         if status is None:
-            return "retry", rsp_cause(assoc)[1], True
+            cause, words = rsp_cause(assoc)
+            return ("timeout" if cause == "timeout" else "aborted"), words, True
         category = status_category(status)
         if category in ("Success", "Warning"):
             self.tally.ok += 1
@@ -350,6 +400,18 @@ class _Sender:
         return "fail", words, False
 
 
+def association_retry_limit(cause: str, transient: bool, retries: int) -> int:
+    """How many more association attempts a failure of ``cause`` is worth: ``retries``
+    for a transient one (a refused connection, rejected-transient), one after an abort
+    (:data:`ABORT_RETRIES`), none after a timeout (the peer does not answer) or a
+    permanent rejection."""
+    if cause == "aborted":
+        return min(retries, ABORT_RETRIES)
+    if cause == "timeout" or not transient:
+        return 0
+    return retries
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point for ``scpfleet send``; returns the exit status."""
     check_target(args.host)
@@ -359,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
         paths.extend(read_list(listing))
     if not paths:
         raise UsageError("nothing to send: give PATHs or --from-list FILE")
-    entries, skipped = scan(paths)
+    entries, skipped = scan(paths, warn=lambda text: print(text, file=sys.stderr))
     for path, reason in skipped:
         print(f"skipping {path}: {reason}", file=sys.stderr)
     groups = group_files(entries)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from pydicom.dataset import Dataset
@@ -33,6 +33,7 @@ from ._connection import (
     AssociationAccepted,
     AssociationRejected,
     AssociationRequested,
+    AssociationRequestSent,
     CommandReceived,
     Connection,
     DatasetFragment,
@@ -68,6 +69,8 @@ class ServiceUserInfo:
     implementation_class_uid: str | None = None
     implementation_version_name: str | None = None
     user_identity: Any = None
+    #: The presentation contexts proposed (the requestor's, with their IDs).
+    requested_contexts: list[PresentationContext] = field(default_factory=list)
 
 
 class Association:
@@ -100,6 +103,8 @@ class Association:
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
+        #: Bound on opening the transport connection (requestor; None: network_timeout).
+        self.connection_timeout: float | None = None
         self.is_requestor = is_requestor
         self.requested_contexts = list(requested_contexts)
         conn = Connection(
@@ -114,7 +119,7 @@ class Association:
                          hold_on_write=not is_requestor)
         self.dispatcher = Dispatcher(self, services if services is not None else handler_registry())
         self.scu = ServiceUser(self)
-        self.requestor = ServiceUserInfo()
+        self.requestor = ServiceUserInfo(requested_contexts=self.requested_contexts)
         self.acceptor = ServiceUserInfo()
         self.accepted_contexts: list[PresentationContext] = []
         self.rejected_contexts: list[PresentationContext] = []
@@ -221,6 +226,8 @@ class Association:
         kind = type(event)
         if kind is AssociationRequested:
             self._on_requested(event)
+        elif kind is AssociationRequestSent:
+            self._on_request_sent(event)
         elif kind is AssociationAccepted:
             self._on_accepted(event)
         elif kind is AssociationRejected:
@@ -311,6 +318,18 @@ class Association:
             self._established.set_result(True)
         notify(self, evt.EVT_ACCEPTED, accept=answer)
         notify(self, evt.EVT_ESTABLISHED)
+
+    def _on_request_sent(self, event: AssociationRequestSent) -> None:
+        """Our A-ASSOCIATE-RQ is on the wire (requestor): record what it proposed for
+        us and tell the handlers (EVT_REQUESTED, as the reference API does)."""
+        rq = event.request
+        ui = rq.user_information
+        self.requestor.ae_title = rq.calling_ae_title
+        self.requestor.maximum_length = ui.max_length or 0
+        self.requestor.implementation_class_uid = ui.implementation_class_uid
+        self.requestor.implementation_version_name = ui.implementation_version_name
+        self.requestor.user_identity = ui.user_identity_rq
+        notify(self, evt.EVT_REQUESTED, request=rq)
 
     def _reject(self, rj: AAssociateRJ) -> None:
         self.rejection = rj

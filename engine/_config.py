@@ -30,6 +30,7 @@ from .presentation import (
     build_context,
     validate_uid,
 )
+from .sop_class import DEFAULT_TRANSFER_SYNTAXES
 
 __all__ = [
     "ApplicationEntityConfig",
@@ -102,7 +103,7 @@ def validate_ae_title(value: object, what: str = "AE title") -> bytes:
     """
     text = _repertoire_text(value, what).strip(" ")
     if not text:
-        raise ValueError(f"{what} {value!r} is empty or all spaces")
+        raise ValueError(f"{what} {value!r} is empty or consists entirely of only spaces")
     if len(text) > _AE_TITLE_MAX:
         raise ValueError(f"{what} {value!r} is longer than {_AE_TITLE_MAX} characters")
     return text.encode("ascii")
@@ -140,9 +141,16 @@ def _uid_args(transfer_syntax: object) -> list[UID]:
 
 
 def _context_copy(cx: object) -> PresentationContext:
-    """A fresh configuration copy of ``cx``: syntaxes and roles, no negotiation state."""
+    """A fresh configuration copy of ``cx``: syntaxes and roles, no negotiation state.
+
+    An item that is not a :class:`PresentationContext` makes the list a wrong *value*
+    for ``requested_contexts``/``supported_contexts`` (a list is the right type):
+    ValueError, as the reference implementation raises.
+    """
     if not isinstance(cx, PresentationContext):
-        raise TypeError(f"expected a PresentationContext, not {type(cx).__name__}")
+        raise ValueError(
+            f"presentation contexts must be PresentationContext items, not {type(cx).__name__}"
+        )
     if cx.abstract_syntax is None:
         raise ValueError(f"presentation context has no abstract syntax: {cx!r}")
     copy = build_context(cx.abstract_syntax, cx.transfer_syntax)
@@ -164,6 +172,8 @@ class ApplicationEntityConfig:
         self._acse_timeout: float | int | None = _DEFAULT_ACSE_TIMEOUT
         self._dimse_timeout: float | int | None = _DEFAULT_DIMSE_TIMEOUT
         self._network_timeout: float | int | None = _DEFAULT_NETWORK_TIMEOUT
+        self._connection_timeout: float | int | None = None
+        self._default_transfer_syntaxes: list[UID] = list(DEFAULT_TRANSFER_SYNTAXES)
         self._maximum_associations = _DEFAULT_MAXIMUM_ASSOCIATIONS
         self._maximum_pdu_size = _DEFAULT_MAXIMUM_PDU_SIZE
         self._require_calling_aet: list[bytes] = []
@@ -252,6 +262,33 @@ class ApplicationEntityConfig:
     @network_timeout.setter
     def network_timeout(self, value: float | int | None) -> None:
         self._network_timeout = _validate_timeout(value, "network_timeout")
+
+    @property
+    def connection_timeout(self) -> float | int | None:
+        """Seconds to wait for the TCP connection of an association we request; None
+        (default): the network timeout bounds it. (A pynetdicom 2.0+ setting.)"""
+        return self._connection_timeout
+
+    @connection_timeout.setter
+    def connection_timeout(self, value: float | int | None) -> None:
+        self._connection_timeout = _validate_timeout(value, "connection_timeout")
+
+    # -- default transfer syntaxes --------------------------------------------
+
+    @property
+    def default_transfer_syntaxes(self) -> list[UID]:
+        """What ``add_requested_context``/``add_supported_context`` use when given no
+        transfer syntax: Implicit VR LE, Explicit VR LE, Explicit VR BE (the reference
+        API's). Set :data:`engine.sop_class.DEFAULT_TRANSFER_SYNTAXES_WITH_DEFLATED` for
+        pynetdicom 2.0+'s four (Deflated Explicit VR LE added), or any list of UIDs."""
+        return list(self._default_transfer_syntaxes)
+
+    @default_transfer_syntaxes.setter
+    def default_transfer_syntaxes(self, value: Iterable[str | bytes]) -> None:
+        syntaxes = _uid_args(value)
+        if not syntaxes:
+            raise ValueError("default_transfer_syntaxes needs at least one transfer syntax")
+        self._default_transfer_syntaxes = syntaxes
 
     @property
     def maximum_associations(self) -> int:
@@ -352,8 +389,8 @@ class ApplicationEntityConfig:
     ) -> None:
         """Add a context to propose when requesting an association (PS3.8 7.1.1.13).
 
-        ``transfer_syntax`` is one UID or a list (default: Implicit VR Little Endian,
-        Explicit VR Little Endian, Explicit VR Big Endian). The same abstract syntax
+        ``transfer_syntax`` is one UID or a list (default:
+        :attr:`default_transfer_syntaxes`). The same abstract syntax
         may be requested more than once. Raises ValueError when 128 contexts are
         already requested (PS3.8 9.3.2.2: odd IDs 1..255) or a UID is malformed.
         """
@@ -361,7 +398,10 @@ class ApplicationEntityConfig:
             raise ValueError(
                 f"at most {MAX_REQUESTED_CONTEXTS} presentation contexts can be requested"
             )
-        self._requested_contexts.append(build_context(abstract_syntax, transfer_syntax))
+        self._requested_contexts.append(
+            build_context(abstract_syntax, self._default_transfer_syntaxes if transfer_syntax is None
+                          else transfer_syntax)
+        )
 
     def remove_requested_context(
         self,
@@ -430,8 +470,8 @@ class ApplicationEntityConfig:
     ) -> None:
         """Support ``abstract_syntax`` when accepting associations (PS3.8 9.3.3.2).
 
-        ``transfer_syntax`` is one UID or a list (default: Implicit VR Little Endian,
-        Explicit VR Little Endian, Explicit VR Big Endian). If the abstract syntax is
+        ``transfer_syntax`` is one UID or a list (default:
+        :attr:`default_transfer_syntaxes`). If the abstract syntax is
         already supported its transfer syntaxes are extended (without duplicates) and
         its roles replaced by these arguments, as the reference implementation does.
         Transfer syntaxes are kept in UID order (see :attr:`supported_contexts`).
@@ -442,7 +482,8 @@ class ApplicationEntityConfig:
         """
         role_scu = _role_arg(scu_role, "scu_role")
         role_scp = _role_arg(scp_role, "scp_role")
-        cx = build_context(abstract_syntax, transfer_syntax)
+        cx = build_context(abstract_syntax, self._default_transfer_syntaxes if transfer_syntax is None
+                          else transfer_syntax)
         key = str(cx.abstract_syntax)
         existing = self._supported_contexts.get(key)
         if existing is not None:
@@ -483,7 +524,7 @@ class ApplicationEntityConfig:
 
 def _role_arg(value: object, what: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
-        raise TypeError(f"{what} must be bool or None, not {type(value).__name__}")
+        raise TypeError(f"`{what}` must be None or bool, not {type(value).__name__}")
     return value
 
 

@@ -79,6 +79,7 @@ __all__ = [
     "Connection",
     "ConnectionEvent",
     "AssociationRequested",
+    "AssociationRequestSent",
     "AssociationAccepted",
     "AssociationRejected",
     "ReleaseRequested",
@@ -112,6 +113,16 @@ class ConnectionEvent:
 
 class AssociationRequested(ConnectionEvent):
     """A-ASSOCIATE indication: the peer's request awaits accept() or reject()."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: AAssociateRQ) -> None:
+        self.request = request
+
+
+class AssociationRequestSent(ConnectionEvent):
+    """Our A-ASSOCIATE-RQ was queued for the transport (AE-2, Sta4 + Evt2): the adapter
+    has written it by the time it hands this event over (requestor only)."""
 
     __slots__ = ("request",)
 
@@ -475,6 +486,8 @@ class Connection:
                 self._out.extend(out.buffers)
             elif kind is SendPDU:
                 self._out.append(encode_pdu(out.pdu))
+                if event is Event.Evt2:
+                    self._events.append(AssociationRequestSent(out.pdu))
             elif kind is CloseTransport:
                 self.wants_close = True
             elif kind is ConnectTransport:

@@ -7,9 +7,15 @@ response routed back to it by the dispatcher. It does not time out on its own: t
 core's DIMSE timer aborts the association when an awaited response does not come, and
 every waiter is then answered ``None``.
 
-A Part 10 file is streamed from disk in its stored transfer syntax in large reads,
-without decoding; a pydicom ``Dataset`` is encoded in a transfer syntax the peer
-accepted. Service providers use the same calls for their sub-operations (C-GET).
+A Part 10 file is streamed from disk in large reads, without decoding: in its stored
+transfer syntax when the peer accepted it, else converted element by element while it
+streams (:mod:`engine._transcode`) to an uncompressed syntax the peer accepted; a
+compressed data set the peer did not accept as it is raises ValueError. The C-STORE-RQ
+names the SOP Class/Instance UIDs of the data set itself (read from its first bytes),
+as other senders do; a File Meta that says otherwise is logged. A deflated data set of
+odd length gets its trailing null byte (PS3.5 A.5). A pydicom ``Dataset`` is encoded
+in its own transfer syntax and converted the same way. Service providers use the same
+calls for their sub-operations (C-GET).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from ._dimse import CEchoRQ, CStoreRQ, CStoreRSP, iter_dataset_pdus
 from ._errors import LocalProtocolError
-from .dataset import UNCOMPRESSED, dataset_transfer_syntax, encode_dataset, read_part10_header
+from ._transcode import CONVERTIBLE, iter_transcoded, read_sop_uids, transcode
+from .dataset import dataset_transfer_syntax, encode_dataset, read_part10_header
 from .presentation import PresentationContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +49,13 @@ _FILE_READ_SIZE = 1 << 20
 _WRITE_HIGH_WATER = 4 << 20
 _VERIFICATION = "1.2.840.10008.1.1"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+#: Conversion targets in order of preference: no byte swapping, then the smallest.
+_TARGET_ORDER = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99",
+                 "1.2.840.10008.1.2.2")
+#: The head of a data set read for its SOP UIDs: they are among its first elements.
+_HEAD_SIZE = 16 * 1024
 
 
 def status_dataset(rsp: Any) -> Dataset:
@@ -77,6 +92,15 @@ class _Waiter:
                  on_pending: Callable[[Any, bytes | None], Any] | None) -> None:
         self.future = future
         self.on_pending = on_pending
+
+
+def _padded(chunks: Iterable[bytes]) -> Iterable[bytes]:
+    yield from chunks
+    yield b"\x00"
+
+
+def _name(uid: str) -> str:
+    return UID(uid).name or uid
 
 
 class ServiceUser:
@@ -129,7 +153,7 @@ class ServiceUser:
         context_id: int,
         message: Any,
         dataset: bytes | memoryview | None = None,
-        stream: tuple[Any, int] | None = None,
+        stream: Iterable[bytes | memoryview] | None = None,
     ) -> Any:
         """Send one request and return its final response (None: the association
         ended before it came)."""
@@ -141,7 +165,7 @@ class ServiceUser:
         context_id: int,
         message: Any,
         dataset: bytes | memoryview | None = None,
-        stream: tuple[Any, int] | None = None,
+        stream: Iterable[bytes | memoryview] | None = None,
         on_pending: Callable[[Any, bytes | None], Any] | None = None,
     ) -> tuple[Any, bytes | None]:
         """Send one request; return its final response and that response's data set
@@ -168,21 +192,27 @@ class ServiceUser:
         finally:
             self._waiters.pop(message_id, None)
 
-    async def _send_stream(self, context_id: int, message: Any, stream: tuple[Any, int]) -> None:
-        fobj, remaining = stream
+    async def _send_stream(self, context_id: int, message: Any,
+                           stream: Iterable[bytes | memoryview]) -> None:
         assoc = self.assoc
         conn = assoc.conn
         link = assoc.link
         conn.send_command(context_id, message, assoc.loop.time())
         link.pump()
-        for pdus in iter_dataset_pdus(context_id, _read_chunks(fobj, remaining), conn.peer_max_pdu):
-            if not conn.is_established:
-                return
-            conn.send_buffers(pdus, assoc.loop.time())
-            link.pump()
-            transport = link.transport
-            if transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                await link.drain()
+        try:
+            for pdus in iter_dataset_pdus(context_id, stream, conn.peer_max_pdu):
+                if not conn.is_established:
+                    return
+                conn.send_buffers(pdus, assoc.loop.time())
+                link.pump()
+                transport = link.transport
+                if transport is not None and transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                    await link.drain()
+        except BaseException as exc:
+            # Half a message is on the wire: the association cannot carry another.
+            if conn.is_established:
+                assoc.abort_local(f"the data set could not be sent: {exc or type(exc).__name__}")
+            raise
 
     # -- contexts -----------------------------------------------------------------------
 
@@ -196,25 +226,49 @@ class ServiceUser:
         wanted = abstract_syntax + (f" with {transfer_syntax}" if transfer_syntax else "")
         raise ValueError(f"no accepted presentation context for {wanted}")
 
-    def _encode_for(self, ds: Dataset, sop_class: str) -> tuple[PresentationContext, bytes]:
-        ts = dataset_transfer_syntax(ds)
+    def context_for(self, sop_class: str,
+                    transfer_syntax: str | None) -> tuple[PresentationContext, str]:
+        """The accepted context to send a ``sop_class`` data set in ``transfer_syntax``
+        on, and the syntax to send it in: the same one when accepted, else an
+        uncompressed one it converts to (None: a data set with no encoding yet, sent
+        in any uncompressed syntax). ValueError when there is none."""
         candidates = [cx for cx in self.assoc.accepted_contexts
                       if str(cx.abstract_syntax) == sop_class]
         if not candidates:
             raise ValueError(f"no accepted presentation context for {sop_class}")
-        for cx in candidates:
-            if ts is not None and str(cx.transfer_syntax[0]) == ts:
-                if ts in UNCOMPRESSED:
-                    return cx, encode_dataset(ds, ts)
-                # Pixel data already compressed: the rest is Explicit VR LE.
-                return cx, encode_dataset(ds, _EXPLICIT_LE)
-        if ts is None or ts in UNCOMPRESSED:
-            for cx in candidates:
-                if str(cx.transfer_syntax[0]) in UNCOMPRESSED:
-                    return cx, encode_dataset(ds, str(cx.transfer_syntax[0]))
-        raise ValueError(
-            f"no accepted presentation context for {sop_class} in transfer syntax {ts}"
+        accepted = {str(cx.transfer_syntax[0]): cx for cx in reversed(candidates)}
+        if transfer_syntax is not None and transfer_syntax in accepted:
+            return accepted[transfer_syntax], transfer_syntax
+        if transfer_syntax is None or transfer_syntax in CONVERTIBLE:
+            for target in _TARGET_ORDER:
+                if target in accepted:
+                    return accepted[target], target
+        offered = ", ".join(_name(ts) for ts in accepted)
+        why = (
+            "it is compressed and cannot be converted without decoding its pixel data"
+            if transfer_syntax not in CONVERTIBLE
+            else "no uncompressed transfer syntax was accepted to convert it to"
         )
+        raise ValueError(
+            f"no accepted presentation context for {sop_class} in "
+            f"{_name(transfer_syntax or '')}: the peer accepted only {offered}, and {why}"
+        )
+
+    def _encode_for(self, ds: Dataset, sop_class: str) -> tuple[PresentationContext, bytes]:
+        ts = dataset_transfer_syntax(ds)
+        context, target = self.context_for(sop_class, ts)
+        if ts is not None and ts not in CONVERTIBLE:
+            # Pixel data already compressed, sent in its own syntax: the rest is Explicit
+            # VR LE around the encapsulated fragments (PS3.5 A.4).
+            return context, encode_dataset(ds, _EXPLICIT_LE)
+        source = ts or _EXPLICIT_LE  # built in memory: pydicom writes values little endian
+        if _BIG_ENDIAN in (source, target) and source != target:
+            # pydicom writes OB/OW values (Pixel Data) as they are, unswapped: encode in
+            # the data set's own byte order, then convert, swapping by VR.
+            return context, transcode(encode_dataset(ds, source), source, target)
+        # The same byte order: pydicom writes the target syntax itself, with the VRs the
+        # Dataset knows (private elements keep theirs).
+        return context, encode_dataset(ds, target)
 
     # -- services -----------------------------------------------------------------------
 
@@ -260,22 +314,43 @@ class ServiceUser:
                 meta = read_part10_header(fobj)
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
-            if not meta.sop_class_uid or not meta.sop_instance_uid:
-                raise ValueError(
-                    f"{path}: the File Meta Information has no Media Storage SOP "
-                    "Class/Instance UID (PS3.10 7.1)"
-                )
-            context = self.find_context(meta.sop_class_uid, meta.transfer_syntax_uid)
+            stored = meta.transfer_syntax_uid
             size = os.fstat(fobj.fileno()).st_size - meta.dataset_offset
+            sop_class, sop_instance = read_sop_uids(fobj.read(min(size, _HEAD_SIZE)), stored)
+            fobj.seek(meta.dataset_offset)
+            if (sop_class and meta.sop_class_uid and sop_class != meta.sop_class_uid) or (
+                sop_instance and meta.sop_instance_uid and sop_instance != meta.sop_instance_uid
+            ):
+                log.warning(
+                    "%s: the File Meta names %s / %s but the data set %s / %s; "
+                    "the C-STORE-RQ uses the data set's", path, meta.sop_class_uid,
+                    meta.sop_instance_uid, sop_class, sop_instance,
+                )
+            sop_class = sop_class or meta.sop_class_uid
+            sop_instance = sop_instance or meta.sop_instance_uid
+            if not sop_class or not sop_instance:
+                raise ValueError(
+                    f"{path}: neither the data set nor the File Meta Information has the "
+                    "SOP Class/Instance UID (PS3.10 7.1)"
+                )
+            try:
+                context, target = self.context_for(sop_class, stored)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            chunks: Iterable[bytes | memoryview] = _read_chunks(fobj, size)
+            if target != stored:
+                chunks = iter_transcoded(chunks, stored, target)
+            elif stored == _DEFLATED and size % 2:
+                chunks = _padded(chunks)  # PS3.5 A.5: a deflated stream padded to even
             rq = CStoreRQ(
                 message_id=message_id,
-                affected_sop_class_uid=meta.sop_class_uid,
-                affected_sop_instance_uid=meta.sop_instance_uid,
+                affected_sop_class_uid=sop_class,
+                affected_sop_instance_uid=sop_instance,
                 priority=priority,
                 move_originator_application_entity_title=originator_aet,
                 move_originator_message_id=originator_id,
             )
-            rsp = await self.request(context.context_id, rq, stream=(fobj, size))
+            rsp = await self.request(context.context_id, rq, stream=chunks)
         return status_dataset(rsp)
 
     async def send_c_store_raw(

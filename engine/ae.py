@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ssl as _ssl
 import threading
+import weakref
 from typing import Any, Sequence
 
 from . import aio
@@ -37,6 +38,27 @@ class AssociationServer:
         self.ae = ae
         self._server = server
         self._stopped = threading.Event()
+        # One blocking view (and so one DUL view) per association, however often asked.
+        self._views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @property
+    def policy(self) -> AcceptorPolicy:
+        """What this server agrees to (read for every association request)."""
+        return self._server.config.policy
+
+    @property
+    def ae_title(self) -> bytes:
+        """The AE title this server answers as, 16 bytes space padded."""
+        return self.policy.ae_title
+
+    @property
+    def contexts(self) -> list[PresentationContext]:
+        """The presentation contexts this server supports."""
+        return list(self.policy.supported_contexts)
+
+    @property
+    def ssl_context(self) -> _ssl.SSLContext | None:
+        return self._server.config.ssl_context
 
     @property
     def server_address(self) -> tuple[str, int]:
@@ -46,8 +68,17 @@ class AssociationServer:
     @property
     def active_associations(self) -> list:
         runner = self.ae._runner
-        return [Association(a, runner, self.ae) for a in self._server.active
-                if a.is_established] if runner is not None else []
+        if runner is None:
+            return []
+        views = []
+        for inner in list(self._server.active):
+            if not inner.is_established:
+                continue
+            view = self._views.get(inner)
+            if view is None:
+                view = self._views[inner] = Association(inner, runner, self.ae)
+            views.append(view)
+        return views
 
     def shutdown(self) -> None:
         """Stop listening and end the server's associations."""
@@ -74,6 +105,104 @@ class ApplicationEntity(ApplicationEntityConfig):
         self._runner: LoopThread | None = None
         self._servers: list[AssociationServer] = []
         self._requestors: list[Association] = []
+        # start_server and shutdown may be called from different threads (a blocking
+        # server in a thread, shut down from the main one): a server is either fully
+        # registered before shutdown looks, or started after it.
+        self._lifecycle = threading.RLock()
+
+    # -- acceptor checks, read by running servers for every request -----------------------
+
+    def _set_require_called_aet(self, value: bool) -> None:
+        ApplicationEntityConfig.require_called_aet.fset(self, value)  # type: ignore[attr-defined]
+        for server in list(self._servers):
+            server.policy.require_called_aet = self.require_called_aet
+
+    def _set_require_calling_aet(self, value: Any) -> None:
+        ApplicationEntityConfig.require_calling_aet.fset(self, value)  # type: ignore[attr-defined]
+        for server in list(self._servers):
+            server.policy.require_calling_aet = tuple(self.require_calling_aet)
+
+    require_called_aet = property(
+        ApplicationEntityConfig.require_called_aet.fget,  # type: ignore[attr-defined]
+        _set_require_called_aet,
+        doc=ApplicationEntityConfig.require_called_aet.__doc__
+        + "\n\nA change applies at once to running servers (their next request).",
+    )
+    require_calling_aet = property(
+        ApplicationEntityConfig.require_calling_aet.fget,  # type: ignore[attr-defined]
+        _set_require_calling_aet,
+        doc=ApplicationEntityConfig.require_calling_aet.__doc__
+        + "\n\nA change applies at once to running servers (their next request).",
+    )
+
+    # -- timeouts, applied to running servers and live associations too ------------------
+
+    def _set_timeout(self, name: str, value: float | int | None) -> None:
+        getattr(ApplicationEntityConfig, name).fset(self, value)
+        value = getattr(self, name)
+        for server in list(self._servers):
+            if hasattr(server._server.config, name):
+                setattr(server._server.config, name, value)
+        for assoc in self.active_associations:
+            assoc._set_timeout(name, value)
+
+    acse_timeout = property(
+        ApplicationEntityConfig.acse_timeout.fget,  # type: ignore[attr-defined]
+        lambda self, value: self._set_timeout("acse_timeout", value),
+        doc=ApplicationEntityConfig.acse_timeout.__doc__
+        + " A change applies to live associations and running servers too.",
+    )
+    dimse_timeout = property(
+        ApplicationEntityConfig.dimse_timeout.fget,  # type: ignore[attr-defined]
+        lambda self, value: self._set_timeout("dimse_timeout", value),
+        doc=ApplicationEntityConfig.dimse_timeout.__doc__
+        + " A change applies to live associations and running servers too.",
+    )
+    network_timeout = property(
+        ApplicationEntityConfig.network_timeout.fget,  # type: ignore[attr-defined]
+        lambda self, value: self._set_timeout("network_timeout", value),
+        doc=ApplicationEntityConfig.network_timeout.__doc__
+        + " A change applies to live associations and running servers too.",
+    )
+
+    connection_timeout = property(
+        ApplicationEntityConfig.connection_timeout.fget,  # type: ignore[attr-defined]
+        lambda self, value: self._set_timeout("connection_timeout", value),
+        doc=ApplicationEntityConfig.connection_timeout.__doc__,
+    )
+
+    def __str__(self) -> str:
+        """A summary of the AE's configuration and associations, for people."""
+        def titles(values: Sequence[bytes]) -> str:
+            return ", ".join(v.strip().decode("ascii") for v in values) if values else "None"
+
+        def contexts(items: Sequence[PresentationContext]) -> list[str]:
+            if not items:
+                return ["    None"]
+            lines = []
+            for cx in items:
+                lines.extend("    " + line for line in str(cx).splitlines())
+            return lines
+
+        live = self.active_associations
+        lines = [
+            "Application Entity " + self.ae_title.strip().decode("ascii"),
+            "  Requested presentation contexts:",
+            *contexts(self.requested_contexts),
+            "  Supported presentation contexts:",
+            *contexts(self.supported_contexts),
+            f"  ACSE timeout: {self.acse_timeout}",
+            f"  DIMSE timeout: {self.dimse_timeout}",
+            f"  Network timeout: {self.network_timeout}",
+            f"  Maximum PDU size: {self.maximum_pdu_size}",
+            f"  Require calling AE title: {titles(self.require_calling_aet)}",
+            f"  Require called AE title: {self.require_called_aet}",
+            f"  Implementation class UID: {self.implementation_class_uid}",
+            f"  Active associations: {len(live)}/{self.maximum_associations}",
+            *(f"    Peer: {assoc._inner.peer_label()}"
+              f" (requested by {'us' if assoc.is_requestor else 'the peer'})" for assoc in live),
+        ]
+        return "\n".join(lines)
 
     def _loop(self) -> LoopThread:
         if self._runner is None:
@@ -112,10 +241,12 @@ class ApplicationEntity(ApplicationEntityConfig):
         Returns an :class:`Association` whether or not it was accepted: check
         ``is_established``. Raises RuntimeError if no presentation context is requested.
         """
-        if not isinstance(addr, str):
-            raise TypeError("addr must be the peer's address as a str")
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be 1..65535, not {port!r}")
+        addr = _peer_host(addr)
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"'port' must be int, not {type(port).__name__}")
+        if not 0 < port < 65536:
+            raise ValueError(f"'port' must be 1..65535, not {port}")
+        bind_address = _bind_address(bind_address)
         contexts = list(contexts) if contexts is not None else self.requested_contexts
         if not contexts:
             raise RuntimeError(
@@ -136,6 +267,7 @@ class ApplicationEntity(ApplicationEntityConfig):
             acse_timeout=self.acse_timeout,
             dimse_timeout=self.dimse_timeout,
             network_timeout=self.network_timeout,
+            connection_timeout=self.connection_timeout,
             handlers=normalize_handlers(evt_handlers),
             ae=self,
         )
@@ -176,8 +308,15 @@ class ApplicationEntity(ApplicationEntityConfig):
         supported = list(contexts) if contexts is not None else self.supported_contexts
         if not supported:
             raise ValueError(
-                "At least one supported presentation context is required before "
-                "starting a server"
+                "No supported Presentation Contexts have been defined: at least one is "
+                "required before starting a server"
+            )
+        half = [cx for cx in supported if (cx.scu_role is None) != (cx.scp_role is None)]
+        if half:
+            names = ", ".join(str(cx.abstract_syntax) for cx in half)
+            raise ValueError(
+                "The following presentation contexts have inconsistent scu_role/scp_role "
+                f"values (both must be None, or both bool): {names}"
             )
         title = validate_ae_title(ae_title, "AE title").ljust(16) if ae_title else self.ae_title
         policy = AcceptorPolicy(
@@ -189,6 +328,19 @@ class ApplicationEntity(ApplicationEntityConfig):
             require_called_aet=self.require_called_aet,
             require_calling_aet=tuple(self.require_calling_aet),
         )
+        with self._lifecycle:
+            handle = self._start(host, port, policy, evt_handlers, ssl_context)
+        if not block:
+            return handle
+        try:
+            handle.wait()
+        except KeyboardInterrupt:
+            handle.shutdown()
+        return None
+
+    def _start(self, host: str, port: int, policy: AcceptorPolicy,
+               evt_handlers: Sequence[tuple] | None,
+               ssl_context: _ssl.SSLContext | None) -> AssociationServer:
         runner = self._loop()
         config = aio.ServerConfig(
             policy=policy,
@@ -208,18 +360,16 @@ class ApplicationEntity(ApplicationEntityConfig):
 
         handle = AssociationServer(self, runner.run(start()))
         self._servers.append(handle)
-        if not block:
-            return handle
-        try:
-            handle.wait()
-        except KeyboardInterrupt:
-            handle.shutdown()
-        return None
+        return handle
 
     def shutdown(self) -> None:
         """Stop every server of this AE, abort its requested associations and stop its
         loop thread (pynetdicom: "Stop any active association servers and threads").
         The AE stays usable: a later call starts a new loop thread."""
+        with self._lifecycle:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         for server in list(self._servers):
             server.shutdown()
         for assoc in list(self._requestors):
@@ -229,6 +379,33 @@ class ApplicationEntity(ApplicationEntityConfig):
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.stop()
+
+
+def _peer_host(addr: object) -> str:
+    """The host to connect to from ``associate``'s ``addr``: a str, or an IPv6
+    ``(host, flowinfo, scope_id)`` tuple (pynetdicom 2.0+)."""
+    if isinstance(addr, tuple) and len(addr) == 3 and isinstance(addr[0], str) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in addr[1:]
+    ):
+        host, _, scope = addr
+        return f"{host}%{scope}" if scope else host
+    if not isinstance(addr, str):
+        raise TypeError(f"'addr' must be str or tuple (host, flowinfo, scope_id), "
+                        f"not {type(addr).__name__}")
+    # A socket connect to '' reaches this host (INADDR_ANY); name resolution would not.
+    return addr or "0.0.0.0"
+
+
+def _bind_address(value: object) -> tuple[str, int]:
+    """``associate``'s ``bind_address``: (host, port), or (host, port, flowinfo,
+    scope_id) for IPv6; returned as the (host, port) the connection binds."""
+    ok = isinstance(value, tuple) and len(value) in (2, 4) and isinstance(value[0], str) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value[1:]
+    )
+    if not ok:
+        raise TypeError("'bind_address' must be tuple (host, port) or "
+                        f"(host, port, flowinfo, scope_id), not {value!r}")
+    return value[0], value[1]  # type: ignore[index]
 
 
 #: pynetdicom's short alias.

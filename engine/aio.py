@@ -91,6 +91,8 @@ class RequestorConfig:
     acse_timeout: float | None = 30.0
     dimse_timeout: float | None = 30.0
     network_timeout: float | None = 60.0
+    #: Bound on opening the TCP connection; None: ``network_timeout``.
+    connection_timeout: float | None = None
     handlers: dict = field(default_factory=dict)
     services: ServiceRegistry | None = None
     ae: Any = None
@@ -137,6 +139,7 @@ async def associate(
         services=config.services,
         requested_contexts=contexts,
     )
+    assoc.connection_timeout = config.connection_timeout
     assoc.requestor.ae_title = config.calling_ae_title
     assoc.acceptor.ae_title = config.called_ae_title
     assoc.acceptor.address, assoc.acceptor.port = host, port
@@ -160,7 +163,7 @@ async def associate(
                 server_hostname=server_hostname if ssl_context else None,
                 local_addr=bind_address if bind_address and bind_address != ("", 0) else None,
             ),
-            config.network_timeout,
+            config.connection_timeout or config.network_timeout,
         )
     except (OSError, asyncio.TimeoutError) as exc:
         log.info("association to %s:%s failed: %s", host, port, exc or "timeout")

@@ -36,7 +36,7 @@ class Association:
         self._inner = inner
         self._runner = runner
         self.ae = ae
-        self.dul = DULServiceProvider(inner, runner)
+        self.dul = DULServiceProvider(assoc=inner, runner=runner)
 
     # -- state --------------------------------------------------------------------------
 
@@ -91,6 +91,26 @@ class Association:
     @property
     def network_timeout(self) -> float | None:
         return self._inner.network_timeout
+
+    @property
+    def connection_timeout(self) -> float | None:
+        return self._inner.connection_timeout
+
+    def _set_timeout(self, name: str, value: float | int | None) -> None:
+        """Apply a changed AE timeout (``acse_timeout``...) to this live association."""
+        inner = self._inner
+        setattr(inner, name, value)
+        if name == "connection_timeout":
+            return  # the connection is made already
+        conn = inner.conn
+        if name == "acse_timeout":
+            conn.machine.artim_timeout = value
+        elif name == "dimse_timeout":
+            conn.dimse_timeout = value
+        else:
+            conn.network_timeout = value
+        if not self._runner.loop.is_closed():
+            self._runner.call(inner.link.arm_timer)
 
     def is_alive(self) -> bool:
         """Whether the transport connection is still open."""

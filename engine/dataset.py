@@ -4,6 +4,8 @@ Theory of operation: the engine moves data sets as bytes and never decodes them 
 own account. Only when a user hands us a pydicom ``Dataset`` to send, or asks a handler
 event for ``event.dataset``, do these helpers encode or decode with pydicom, in the
 transfer syntax negotiated for the presentation context (PS3.5 Section 10).
+Conversion between the uncompressed syntaxes and reading a data set's SOP UIDs from its
+first bytes live in :mod:`engine._transcode` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pydicom.uid import (
     UID,
 )
 
+from ._transcode import Transcoder, TranscodeError, read_sop_uids
+
 __all__ = [
     "decode_dataset",
     "encode_dataset",
@@ -32,6 +36,9 @@ __all__ = [
     "read_part10_header",
     "Part10Header",
     "UNCOMPRESSED",
+    "Transcoder",
+    "TranscodeError",
+    "read_sop_uids",
 ]
 
 #: Transfer syntaxes whose data set encoding the engine can produce from a Dataset.

@@ -62,6 +62,7 @@ __all__ = [
     "JPEG2000",
     "RLELossless",
     "DEFAULT_TRANSFER_SYNTAXES",
+    "DEFAULT_TRANSFER_SYNTAXES_WITH_DEFLATED",
     "COMPRESSED_TRANSFER_SYNTAXES",
 ]
 
@@ -74,6 +75,15 @@ Verification = VerificationSOPClass
 DEFAULT_TRANSFER_SYNTAXES: list[UID] = [
     ImplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+
+# The default of pynetdicom 2.0 and later: the uncompressed set plus Deflated Explicit VR
+# Little Endian (PS3.5 A.5). An AE takes it with ``ae.default_transfer_syntaxes = ...``.
+DEFAULT_TRANSFER_SYNTAXES_WITH_DEFLATED: list[UID] = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 ]
 

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -64,11 +65,19 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+#: ``status`` answers for EngineServer: abort the association instead of answering; or
+#: answer nothing for SILENT_S seconds (longer than the sender's timeout in the tests).
+ABORT = -1
+SILENT = -2
+SILENT_S = 3.0
+
+
 class EngineServer:
     """Our engine as a Storage SCP for tests, with a chosen answer per C-STORE.
 
     status: an int for every C-STORE, or ``status(n, sop_instance_uid) -> int`` where n
-      counts this instance's arrivals from 1 (to fail a first attempt, say).
+      counts this instance's arrivals from 1 (to fail a first attempt, say); ABORT or
+      SILENT instead of a status abort the association or answer nothing.
     admission: optional ``() -> bool``, replacing the association count limit.
     """
 
@@ -109,6 +118,13 @@ class EngineServer:
         with self._lock:
             n = self.attempts[uid] = self.attempts.get(uid, 0) + 1
             answer = self.status(n, uid) if callable(self.status) else self.status
+            if answer == ABORT:
+                event.assoc.abort()
+                return 0x0000  # never sent: the association is gone
+            if answer == SILENT:
+                # The server's loop does nothing meanwhile: no response, no reading.
+                time.sleep(SILENT_S)
+                return 0x0000
             if answer == 0x0000 or answer >> 12 == 0xB:
                 self.received.append(uid)
                 if self.keep_data:

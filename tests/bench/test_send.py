@@ -11,10 +11,18 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 
 from bench.corpus import dataset_bytes, make_dataset, write_part10
-from bench.send import Entry, group_files
+from bench.send import ABORT_RETRIES, Entry, association_retry_limit, group_files, scan
 from engine import sop_class
 from tests import peers
-from tests.bench import EngineServer, load_json, one_line_error, run_cli
+from tests.bench import (
+    ABORT,
+    SILENT,
+    SILENT_S,
+    EngineServer,
+    load_json,
+    one_line_error,
+    run_cli,
+)
 
 
 def _uid(path: Path) -> str:
@@ -100,6 +108,77 @@ def test_send_retries_rejected_transient_association(tmp_path: Path,
     data = load_json(out)
     assert data["retries"] == 1 and data["association_failures"] == {"rejected": 1}
     assert "rejected-transient" in data["association_failure_reasons"]["rejected"]
+
+
+def test_send_peer_abort_reported_at_once_and_tried_once_more(tmp_path: Path,
+                                                              tiny_files: list[Path]) -> None:
+    """A peer that aborts on one file: reported on stderr as it happens, sent once more
+    (it may have been something else), then failed; the other files go on."""
+    files = [str(p) for p in tiny_files[:4]]
+    doomed = _uid(Path(files[2]))
+    out = tmp_path / "report.json"
+    with EngineServer(status=lambda n, uid: ABORT if uid == doomed else 0) as scp:
+        result = run_cli("send", *files, "127.0.0.1", str(scp.port), "--associations", "1",
+                         "--retries", "3", "--retry-delay", "0.05", "--report", str(out))
+        attempts = dict(scp.attempts)
+        received = list(scp.received)
+    assert result.returncode == 1
+    assert attempts[doomed] == 1 + ABORT_RETRIES  # not 1 + --retries
+    assert sorted(received) == sorted(_uid(Path(f)) for f in files if _uid(Path(f)) != doomed)
+    assert f"{files[2]}: no response: association aborted by the peer" in result.stderr
+    assert "trying once more" in result.stderr
+    data = load_json(out)
+    assert [f["path"] for f in data["failures"]] == [files[2]]
+    assert data["retries"] == ABORT_RETRIES
+
+
+def test_send_peer_that_does_not_answer_is_not_retried(tmp_path: Path,
+                                                       tiny_files: list[Path]) -> None:
+    files = [str(tiny_files[0])]
+    out = tmp_path / "report.json"
+    with EngineServer(status=SILENT) as scp:
+        result = run_cli("send", *files, "127.0.0.1", str(scp.port), "--timeout", "1",
+                         "--retries", "3", "--retry-delay", "0.05", "--report", str(out),
+                         timeout=60)
+        attempts = dict(scp.attempts)
+    assert result.returncode == 1
+    assert attempts == {_uid(tiny_files[0]): 1}  # one wait for the timeout, not four
+    assert "timeout" in result.stderr
+    data = load_json(out)
+    assert data["retries"] == 0 and data["failed"] == 1
+    assert SILENT_S > 1  # the server really was silent for longer than --timeout
+
+
+@pytest.mark.parametrize("cause, transient, expected", [
+    ("connect-failed", True, 3),
+    ("rejected", True, 3),
+    ("rejected", False, 0),
+    ("aborted", True, ABORT_RETRIES),
+    ("timeout", True, 0),
+])
+def test_association_retry_limit(cause: str, transient: bool, expected: int) -> None:
+    assert association_retry_limit(cause, transient, 3) == expected
+    assert association_retry_limit(cause, transient, 0) == 0
+
+
+def test_scan_uses_the_data_sets_uids(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from pydicom.filewriter import write_file_meta_info
+
+    ds = make_dataset("tiny", seed=5, unique=True)
+    path = write_part10(ds, tmp_path / "a.dcm")
+    meta = read_file_meta_info(path)
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR, the data set says SC
+    head = BytesIO()
+    head.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    path.write_bytes(head.getvalue() + dataset_bytes(path))
+    warnings: list[str] = []
+    (entry,), skipped = scan([str(path)], warn=warnings.append)
+    assert skipped == []
+    assert entry.sop_class == str(ds.SOPClassUID)
+    assert len(warnings) == 1 and "1.2.840.10008.5.1.4.1.1.4" in warnings[0]
 
 
 def test_send_two_associations_server_takes_one(tiny_files: list[Path]) -> None:

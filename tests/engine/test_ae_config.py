@@ -286,7 +286,8 @@ def test_requested_contexts_setter(ae: ApplicationEntityConfig) -> None:
         ae.requested_contexts = [build_context(VerificationSOPClass)] * 129
     with pytest.raises(ValueError):
         ae.requested_contexts = StoragePresentationContexts  # longer than 128
-    with pytest.raises(TypeError):
+    # A list is the right type; items that are not contexts make it a wrong value.
+    with pytest.raises(ValueError):
         ae.requested_contexts = [VerificationSOPClass]
     with pytest.raises(ValueError):
         ae.requested_contexts = [PresentationContext()]
@@ -369,7 +370,7 @@ def test_supported_contexts_setter(ae: ApplicationEntityConfig) -> None:
     (cx,) = ae.supported_contexts
     assert cx.transfer_syntax == [IMPLICIT, JPEG]
     assert (cx.scu_role, cx.scp_role) == (None, None)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):
         ae.supported_contexts = [CTImageStorage]
     with pytest.raises(ValueError):
         ae.supported_contexts = [PresentationContext(abstract_syntax=CTImageStorage)]
@@ -402,3 +403,39 @@ def test_instances_do_not_share_state() -> None:
     assert two.supported_contexts == [] and two.requested_contexts == []
     assert two.require_calling_aet == []
     assert one.ae_title != two.ae_title
+
+
+# --------------------------------------------------------------------------
+# Options from pynetdicom 2.0+, honoured alongside the reference's defaults
+# --------------------------------------------------------------------------
+
+
+def test_default_transfer_syntaxes_option(ae: ApplicationEntityConfig) -> None:
+    from engine.sop_class import (
+        DEFAULT_TRANSFER_SYNTAXES,
+        DEFAULT_TRANSFER_SYNTAXES_WITH_DEFLATED,
+    )
+
+    assert ae.default_transfer_syntaxes == DEFAULT_TRANSFER_SYNTAXES  # the reference's 3
+    ae.default_transfer_syntaxes = DEFAULT_TRANSFER_SYNTAXES_WITH_DEFLATED
+    ae.add_requested_context(VerificationSOPClass)
+    ae.add_supported_context(CTImageStorage)
+    assert len(ae.requested_contexts[0].transfer_syntax) == 4
+    assert ae.supported_contexts[0].transfer_syntax == sorted(
+        DEFAULT_TRANSFER_SYNTAXES_WITH_DEFLATED, key=str)
+    ae.add_requested_context(MRImageStorage, IMPLICIT)  # an explicit choice still wins
+    assert ae.requested_contexts[1].transfer_syntax == [IMPLICIT]
+    with pytest.raises(ValueError):
+        ae.default_transfer_syntaxes = []
+    with pytest.raises(ValueError):
+        ae.default_transfer_syntaxes = ["not a uid"]
+
+
+def test_connection_timeout(ae: ApplicationEntityConfig) -> None:
+    assert ae.connection_timeout is None
+    ae.connection_timeout = 2.5
+    assert ae.connection_timeout == 2.5
+    with pytest.raises(ValueError):
+        ae.connection_timeout = -1
+    with pytest.raises(TypeError):
+        ae.connection_timeout = "a"

@@ -223,6 +223,148 @@ def test_requestor_handlers_fire(aes, serve):
     for name in ("EVT_CONN_OPEN", "EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_RELEASED"):
         assert name in log.names
     assert log.names.index("EVT_ESTABLISHED") < log.names.index("EVT_RELEASED")
+    # The requestor hears of its own A-ASSOCIATE-RQ once it is sent, before the answer.
+    assert log.names.index("EVT_CONN_OPEN") < log.names.index("EVT_REQUESTED")
+    assert log.names.index("EVT_REQUESTED") < log.names.index("EVT_ACCEPTED")
+    requested = log.events[log.names.index("EVT_REQUESTED")]
+    assert requested.assoc.is_requestor
+    assert requested.request.calling_ae_title.strip() == b"OURSCU"
+
+
+def test_requestor_handler_sees_request_on_the_wire(aes):
+    """EVT_REQUESTED fires after the A-ASSOCIATE-RQ is written: a peer that waits for
+    the RQ before anything else has it when the handler runs."""
+    received = threading.Event()
+    seen: list[bool] = []
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(EVENT_WAIT_S)
+
+        def peer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(EVENT_WAIT_S)
+                if conn.recv(1) == b"\x01":  # the A-ASSOCIATE-RQ PDU type
+                    received.set()
+                # Answer nothing: the requestor gives up after its ACSE timeout.
+                conn.recv(1 << 16)
+
+        thread = threading.Thread(target=peer, daemon=True)
+        thread.start()
+        ae = _requestor(aes)
+        ae.acse_timeout = 0.5
+        handler = (evt.EVT_REQUESTED, lambda event: seen.append(received.wait(EVENT_WAIT_S)))
+        assoc = ae.associate(HOST, listener.getsockname()[1], evt_handlers=[handler])
+        thread.join(EVENT_WAIT_S)
+    assert seen == [True]
+    assert not assoc.is_established
+
+
+def test_requestor_and_acceptor_values_on_both_sides(aes, serve):
+    server_ae, port = serve(maximum_pdu_size=32768)
+    ae = _requestor(aes)
+    ae.maximum_pdu_size = 20000
+    assoc = ae.associate(HOST, port, max_pdu=12345)
+    assert assoc.is_established
+    # What we proposed, as sent on the wire (PS3.8 D.1, PS3.7 D.3.3.2).
+    assert assoc.requestor.maximum_length == 12345
+    assert assoc.requestor.implementation_class_uid == str(ae.implementation_class_uid)
+    assert assoc.requestor.implementation_version_name == "SCPFLEET_010"
+    assert assoc.requestor.ae_title.strip() == b"OURSCU"
+    assert [cx.context_id for cx in assoc.requestor.requested_contexts] == [1, 3]
+    # What the acceptor answered.
+    assert assoc.acceptor.maximum_length == 32768
+    assert assoc.acceptor.implementation_class_uid == str(server_ae.implementation_class_uid)
+    (accepted,) = server_ae.active_associations
+    assert accepted.requestor.maximum_length == 12345
+    assoc.release()
+
+
+def test_associate_argument_types(aes):
+    ae = _requestor(aes)
+    with pytest.raises(TypeError):
+        ae.associate(HOST, "foo")  # a wrong type, not a wrong value
+    with pytest.raises(TypeError):
+        ae.associate(1112, 11112)
+    with pytest.raises(ValueError):
+        ae.associate(HOST, 0)
+    with pytest.raises(ValueError):
+        ae.associate(HOST, 70000)
+    with pytest.raises(TypeError, match="'addr' must be str or tuple"):
+        ae.associate(("localhost", "foo", 0), 11112)
+    with pytest.raises(TypeError, match="'bind_address' must be tuple"):
+        ae.associate(HOST, 11112, bind_address=("localhost", "x"))
+
+
+def test_associate_ipv6_tuple_and_connection_timeout(aes, serve):
+    _, port = serve()
+    ae = _requestor(aes)
+    ae.connection_timeout = 5
+    assoc = ae.associate((HOST, 0, 0), port)  # pynetdicom 2.0+'s (host, flowinfo, scope)
+    assert assoc.is_established and assoc.connection_timeout == 5
+    ae.connection_timeout = 7
+    assert assoc.connection_timeout == 7
+    assoc.release()
+
+
+@pytest.mark.parametrize("setting", ["require_called_aet", "require_calling_aet"])
+def test_acceptor_checks_changed_after_start_apply(aes, serve, setting):
+    """Both reference implementations read the AE title checks for every request."""
+    server_ae, port = serve()
+    ae = _requestor(aes)
+    first = ae.associate(HOST, port, ae_title="SOMEONE-ELSE")
+    assert first.is_established
+    first.release()
+    if setting == "require_called_aet":
+        server_ae.require_called_aet = True
+    else:
+        server_ae.require_calling_aet = ["NOT-OURSCU"]
+    refused = ae.associate(HOST, port, ae_title="SOMEONE-ELSE")
+    assert refused.is_rejected
+    # PS3.8 Table 9-21: rejected-permanent, service-user, called (7) / calling (3) AE title
+    assert refused._inner.rejection.reason == (7 if setting == "require_called_aet" else 3)
+    if setting == "require_called_aet":
+        server_ae.require_called_aet = False
+    else:
+        server_ae.require_calling_aet = []
+    again = ae.associate(HOST, port, ae_title="SOMEONE-ELSE")
+    assert again.is_established
+    again.release()
+
+
+def test_timeouts_changed_apply_to_live_associations(aes, serve):
+    server_ae, port = serve()
+    ae = _requestor(aes)
+    assoc = ae.associate(HOST, port)
+    assert assoc.is_established and assoc.acse_timeout == 30
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 5, 6, 7
+    assert (assoc.acse_timeout, assoc.dimse_timeout, assoc.network_timeout) == (5, 6, 7)
+    assert assoc._inner.conn.network_timeout == 7
+    server_ae.network_timeout = 9
+    (accepted,) = server_ae.active_associations
+    assert accepted.network_timeout == 9
+    assoc.release()
+
+
+def test_start_server_refuses_half_set_roles_and_no_contexts(aes):
+    ae = aes("OURSCP")
+    with pytest.raises(ValueError, match="No supported Presentation"):
+        ae.start_server((HOST, 0), block=False)
+    ae.add_supported_context("1.2.3.4", scp_role=False)  # scu_role left None
+    with pytest.raises(ValueError, match="inconsistent scu_role/scp_role"):
+        ae.start_server((HOST, 0), block=False)
+
+
+def test_ae_str_summarises(aes, serve):
+    server_ae, port = serve()
+    server_ae.require_calling_aet = ["OURSCU"]
+    text = str(server_ae)
+    for words in ("Verification", "Implicit VR Little Endian", "Require called AE title: False",
+                  "Require calling AE title: OURSCU", "0/10"):
+        assert words in text
+    assoc = _requestor(aes).associate(HOST, port)
+    assert assoc.is_established
+    assert "Peer: OURSCU@127.0.0.1" in str(server_ae)
+    assoc.release()
 
 
 # ------------------------------------------------------------------ intervention events

@@ -21,6 +21,7 @@ from engine._connection import (
     AssociationAccepted,
     AssociationRejected,
     AssociationRequested,
+    AssociationRequestSent,
     CommandReceived,
     Connection,
     ConnectionEvent,
@@ -293,9 +294,9 @@ def test_rejected_by_provider_protocol_version() -> None:
     assert pair.acc.next_deadline() == pair.now + ARTIM
     assert pair.to_requestor() == b"\x03\x00\x00\x00\x00\x04\x00\x01\x02\x02"
     req_events, _ = pair.take()
-    assert [(e.reject.result, e.reject.source, e.reject.reason) for e in req_events] == [
-        (1, 2, 2)
-    ]
+    sent, rejected = req_events
+    assert isinstance(sent, AssociationRequestSent)
+    assert (rejected.reject.result, rejected.reject.source, rejected.reject.reason) == (1, 2, 2)
 
 
 def test_rejected_by_provider_local_limit() -> None:
@@ -870,8 +871,26 @@ def test_acse_timeout_waiting_for_the_association_response() -> None:
     conn.connection_made(11.0)
     assert conn.state is State.Sta5 and conn.next_deadline() == 11.0 + ARTIM
     conn.handle_timer(11.0 + ARTIM)
-    (event,) = conn.events()
+    sent, event = conn.events()
+    assert isinstance(sent, AssociationRequestSent) and sent.request == rq
     assert event.detail == "ACSE timeout" and conn.wants_close
+
+
+def test_request_sent_follows_the_rq_bytes() -> None:
+    """AE-2 (Sta4 + Evt2): the A-ASSOCIATE-RQ is queued first, then AssociationRequestSent
+    (the adapter writes before it hands events over; EVT_REQUESTED on the requestor)."""
+    conn = Connection(is_requestor=True)
+    rq = build_request(called_ae_title=b"A", calling_ae_title=b"B",
+                       contexts=assign_context_ids([build_context(VERIFICATION)]),
+                       maximum_pdu_size=16382, implementation_class_uid="1.2.3",
+                       implementation_version_name=None)
+    conn.request_association(rq, 0.0)
+    assert conn.events() == [] and conn.data_to_send() == []  # Sta4: not connected yet
+    conn.connection_made(1.0)
+    (data,) = conn.data_to_send()
+    assert bytes(data)[:1] == b"\x01"  # the A-ASSOCIATE-RQ PDU
+    (event,) = conn.events()
+    assert isinstance(event, AssociationRequestSent) and event.request == rq
 
 
 def test_release_response_after_the_association_is_gone_is_a_no_op() -> None:

@@ -1,8 +1,9 @@
 """``assoc.dul``: pynetdicom's DULServiceProvider surface on a live association.
 
-Theory of operation: scpfleet has no DUL thread (see engine/dul.py); the compatibility
-object maps the documented methods onto the association's sans-IO state machine and
-transport. These tests open real associations over 127.0.0.1 (our requestor AE to our
+Theory of operation: an association's DUL is the documented class in its bound mode (see
+engine/dul.py): it maps the documented methods onto the association's sans-IO state
+machine and transport, and queues association-level indications as the PDUs that carry
+them. These tests open real associations over 127.0.0.1 (our requestor AE to our
 acceptor AE) and check each documented member as engine/dul.py defines it:
 ``state_machine.current_state``, the read-only ``artim_timer`` view, ``receive_pdu`` /
 ``peek_next_pdu`` (association-level indications only), ``send_pdu`` performing the
@@ -19,8 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine import AE, DULServiceProvider, evt
-from engine._connection import Aborted, ReleaseConfirmed
-from engine._pdu import AAbort, AReleaseRQ
+from engine._pdu import AAbort, AReleaseRP, AReleaseRQ
 from engine.sop_class import Verification
 from tests import peers
 
@@ -125,7 +125,7 @@ def test_receive_and_peek_next_pdu(pair):
     assert dul.receive_pdu(wait=True, timeout=0.05) is None
     assoc.release()
     peeked = dul.peek_next_pdu()
-    assert isinstance(peeked, ReleaseConfirmed)
+    assert isinstance(peeked, AReleaseRP)  # the A-RELEASE confirmation
     assert dul.peek_next_pdu() is peeked  # peeking does not consume
     assert dul.receive_pdu(wait=True, timeout=WAIT_S) is peeked
     assert dul.peek_next_pdu() is None and dul.receive_pdu() is None
@@ -135,7 +135,7 @@ def test_send_pdu_release_rq_releases(pair):
     assoc, log, _ = pair()
     assoc.dul.send_pdu(AReleaseRQ())
     assert wait_until(lambda: assoc.is_released)
-    assert isinstance(assoc.dul.receive_pdu(wait=True, timeout=WAIT_S), ReleaseConfirmed)
+    assert isinstance(assoc.dul.receive_pdu(wait=True, timeout=WAIT_S), AReleaseRP)
     assert log.wait_for("EVT_RELEASED")
     assert wait_until(assoc.dul.stop_dul)
 
@@ -159,7 +159,21 @@ def test_kill_dul_closes_transport_without_abort(pair):
     events = []
     while (item := assoc.dul.receive_pdu()) is not None:
         events.append(item)
-    assert any(isinstance(e, Aborted) for e in events)
+    assert any(isinstance(e, AAbort) for e in events)
+
+
+def test_bound_thread_api(pair):
+    """Bound to an association, the thread API follows its transport connection."""
+    assoc, _, _ = pair()
+    dul = assoc.dul
+    assert dul.is_bound and dul.is_alive() and dul.daemon
+    with pytest.raises(RuntimeError):
+        dul.start()
+    dul.join(0.01)
+    assert dul.is_alive()
+    assoc.release()
+    dul.join(WAIT_S)
+    assert not dul.is_alive()
 
 
 def test_stop_dul(pair):

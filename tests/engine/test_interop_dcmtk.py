@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 import threading
 import zlib
 from collections.abc import Iterator
@@ -40,12 +41,17 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+)
 
 from engine import AE, StoragePresentationContexts, aio, build_context, evt
 from engine._acse import AcceptorPolicy
 from engine._dimse import C_STORE_RQ
 from engine._loop import LoopThread
+from engine._transcode import transcode
 from engine.dataset import encode_dataset
 from engine.services import Request, ServiceRegistry
 from engine.sop_class import (
@@ -336,14 +342,25 @@ def test_our_scu_sends_datasets_to_storescp(storescp):
     for ds in datasets:
         out = stored[str(ds.SOPInstanceUID)]
         ts = _meta(out)[2]
-        # What storescp +B wrote is exactly pydicom's encoding in the accepted syntax...
-        assert dataset_bytes(out) == encode_dataset(ds, ts)
-        # ...and it decodes to the same content.
+        source = str(ds.file_meta.TransferSyntaxUID)
+        big = ExplicitVRBigEndian
+        # What storescp +B wrote is exactly pydicom's encoding in the accepted syntax,
+        # or, across byte orders, the data set's own encoding swapped by VR...
+        if (source == big) == (ts == big):
+            assert dataset_bytes(out) == encode_dataset(ds, ts)
+        else:
+            assert dataset_bytes(out) == transcode(encode_dataset(ds, source), source, ts)
+        # ...and it decodes to the same content (16-bit pixels as numbers).
         back = dcmread(out)
         assert back.SOPInstanceUID == ds.SOPInstanceUID
         assert back.PatientName == ds.PatientName
         if "PixelData" in ds:
-            assert back.PixelData == ds.PixelData
+            assert _words(back.PixelData, ts == big) == _words(ds.PixelData, source == big)
+
+
+def _words(data: bytes, big_endian: bool) -> list[int]:
+    """16-bit pixel values of raw Pixel Data in the given byte order."""
+    return list(struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 2}H", data))
 
 
 def test_our_scu_echo_to_storescp(storescp):

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
-CORE = ["_pdu", "_fsm", "_connection", "_acse", "_dimse", "_errors", "presentation", "status"]
+CORE = ["_pdu", "_fsm", "_connection", "_acse", "_dimse", "_errors", "presentation", "status",
+        "_transcode"]
 FORBIDDEN = {"asyncio", "socket", "threading", "time", "uvloop", "selectors"}
 
 

@@ -25,6 +25,7 @@ from engine._connection import (
     AssociationAccepted,
     AssociationRejected,
     AssociationRequested,
+    AssociationRequestSent,
     CommandReceived,
     Connection,
     DatasetFragment,
@@ -173,8 +174,9 @@ STATES: dict[str, tuple[bool, list[bytes], list[str]]] = {
     "Sta6-requestor": (True, [_AC], ["request"]),
     "Sta7-requestor": (True, [_AC], ["request", "release"]),
 }
-_EVENTS = (AssociationRequested, AssociationAccepted, AssociationRejected, ReleaseRequested,
-           ReleaseConfirmed, Aborted, CommandReceived, DatasetFragment)
+_EVENTS = (AssociationRequested, AssociationRequestSent, AssociationAccepted,
+           AssociationRejected, ReleaseRequested, ReleaseConfirmed, Aborted, CommandReceived,
+           DatasetFragment)
 
 
 def serve(conn: Connection, now: float) -> None:
