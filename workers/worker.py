@@ -39,10 +39,10 @@ from typing import Any
 
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, evt
 from engine.aio import AcceptorPolicy, AssociationServer, ServerConfig, new_event_loop
-from storage import PosixInstanceStore, StorageConfig
+from storage import CatalogError, PendingRequests, PosixInstanceStore, StorageConfig, open_catalog
 
 from .associations import Admission, AssociationLog
-from .config import NodeConfig, ae_title_bytes, allowed_networks, ssl_context
+from .config import NodeConfig, ae_table, ae_title_bytes, allowed_networks, ssl_context
 from .ipc import (
     Attach,
     Ready,
@@ -54,7 +54,7 @@ from .ipc import (
     recv_fds_batch,
     send_control,
 )
-from .services import NodeServices, build_services
+from .services import COMMITMENT_DIRECTORY, NodeServices, Outbound, build_services
 
 __all__ = ["main", "Worker", "storage_config", "acceptor_policy"]
 
@@ -67,6 +67,9 @@ _DRAIN_POLL_S = 0.1
 # Threads running fsync/rename/fdatasync: they block in the kernel, not on the GIL, so a
 # few overlap for real; more only queue on the same device.
 _PUBLISH_THREADS = 8
+# Threads reading the index for queries and retrieves, apart from the publishers so a
+# long query never delays a store's fsync.
+_QUERY_THREADS = 2
 
 
 def storage_config(cfg: NodeConfig) -> StorageConfig:
@@ -95,6 +98,20 @@ def acceptor_policy(cfg: NodeConfig, services: NodeServices) -> AcceptorPolicy:
     )
 
 
+def _open_catalog(cfg: NodeConfig) -> Any:
+    """The node's index, read-only (the indexers write it), for query, retrieve and
+    commitment; None when those are all off or it cannot be read (then only Verification
+    and Storage are served, and the reason is logged)."""
+    if not (cfg.query or cfg.retrieve or cfg.commitment):
+        return None
+    try:
+        return open_catalog(cfg.index_path, read_only=True)
+    except CatalogError as exc:
+        log.error("index %s cannot be read (%s): query, retrieve and commitment are off",
+                  cfg.index_path, exc)
+        return None
+
+
 class Worker:
     def __init__(self, spec: Spec, ctl: socket.socket) -> None:
         cfg = spec.config
@@ -118,7 +135,20 @@ class Worker:
         self.admission = Admission(SharedSlots(spec.shm_fd, spec.workers), self.slot,
                                    cfg.max_associations, self.loop)
         self.log = AssociationLog(self.slot)
-        self.services = build_services(self.store, called_ae=cfg.aet, observer=self.log)
+        self.query_executor = concurrent.futures.ThreadPoolExecutor(_QUERY_THREADS,
+                                                                    thread_name_prefix="query")
+        self.catalog = _open_catalog(cfg)
+        self.services = build_services(
+            self.store, called_ae=cfg.aet, observer=self.log,
+            catalog=self.catalog,
+            pending=PendingRequests(cfg.storage, COMMITMENT_DIRECTORY),
+            ae_table=ae_table(cfg),
+            outbound=Outbound(cfg.aet, cfg.max_pdu, cfg.acse_timeout, cfg.dimse_timeout,
+                              cfg.network_timeout),
+            query=cfg.query, retrieve=cfg.retrieve, commitment=cfg.commitment,
+            commitment_verify=cfg.commitment_verify,
+            executor=self.query_executor,
+        )
         self.server = AssociationServer(
             ServerConfig(
                 policy=acceptor_policy(cfg, self.services),
@@ -270,6 +300,7 @@ class Worker:
         send_control(self.ctl, Ready(os.getpid(), self.segment))
         log.info("worker %d serving (journal %s, durability %s)", self.slot, self.segment,
                  self.config.durability)
+        await self.services.start()
         stats = loop.create_task(self._stats_loop())
         await self.stopped.wait()
         await self._drain()
@@ -294,9 +325,13 @@ class Worker:
         idle_killer = self.loop.create_task(self._abort_idle())
         await self.server.close(self.config.drain_timeout)
         idle_killer.cancel()
+        await self.services.aclose()
         # Waits for the publications under way, commits, closes the journal segments.
         await self.store.aclose()
         self.executor.shutdown(wait=True)
+        self.query_executor.shutdown(wait=True)
+        if self.catalog is not None:
+            self.catalog.close()
 
     async def _abort_idle(self) -> None:
         while True:
