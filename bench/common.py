@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 from engine import aio
-from engine._acse import rejection_description
-from engine._config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, validate_ae_title
+from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, validate_ae_title
+from engine.aio import rejection_description
 from engine.presentation import PresentationContext
 
 __all__ = [
@@ -180,8 +180,8 @@ def requestor_config(
         called_ae_title=args.aec.encode("ascii").ljust(16),
         contexts=list(contexts),
         maximum_pdu_size=args.max_pdu,
-        implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME.decode("ascii"),
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         acse_timeout=args.timeout,
         dimse_timeout=args.timeout,
         network_timeout=args.timeout,

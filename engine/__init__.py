@@ -23,6 +23,7 @@ from .presentation import (
 )
 
 __all__ = [
+    "validate_ae_title",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "AE",
@@ -47,6 +48,8 @@ __all__ = [
 #: The product's identity, as plain strings: the Implementation Class UID and Version
 #: Name the engine advertises (PS3.7 D.3.3.2), for whatever else must carry the same
 #: (the File Meta of stored instances, PS3.10 7.1).
+from ._config import validate_ae_title  # noqa: E402 - the public AE title check
+
 IMPLEMENTATION_CLASS_UID: str = str(_config.IMPLEMENTATION_CLASS_UID)
 IMPLEMENTATION_VERSION_NAME: str = _config.IMPLEMENTATION_VERSION_NAME.decode("ascii")
 

@@ -27,7 +27,6 @@ This module never does I/O, never reads the clock and keeps no global mutable st
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Iterable, NamedTuple, Sequence
 
@@ -39,6 +38,7 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from ._dimse import is_valid_uid
 from ._pdu import PresentationContextAC, PresentationContextRQ, RoleSelection
 from .sop_class import (
     DEFAULT_TRANSFER_SYNTAXES,
@@ -87,11 +87,6 @@ _STATUS = {
 # A-ASSOCIATE-RQ can propose at most 128 contexts.
 MAX_REQUESTED_CONTEXTS = 128
 _MAX_CONTEXT_ID = 255
-# PS3.5 9.1: a UID is at most 64 characters.
-_MAX_UID_LENGTH = 64
-# PS3.5 9.1: dot-separated components of digits, no leading zero except "0" itself.
-# fullmatch, unlike pydicom's re.match(...$), also refuses a trailing newline.
-_UID_SYNTAX = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 def validate_uid(value: object, what: str = "UID") -> UID:
@@ -111,7 +106,7 @@ def validate_uid(value: object, what: str = "UID") -> UID:
         text = str(value)
     else:
         raise TypeError(f"{what} must be str, pydicom UID or bytes, not {type(value).__name__}")
-    if len(text) > _MAX_UID_LENGTH or _UID_SYNTAX.fullmatch(text) is None:
+    if not is_valid_uid(text):
         raise ValueError(f"invalid {what} {text!r}: not a valid UID (PS3.5 9.1)")
     return value if isinstance(value, UID) else UID(text)
 

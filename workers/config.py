@@ -149,7 +149,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
 
 def ae_title_bytes(value: str, what: str) -> bytes:
     """``value`` as a valid AE title (PS3.5 Table 6.2-1), or ConfigError."""
-    from engine._config import validate_ae_title
+    from engine import validate_ae_title
 
     try:
         return validate_ae_title(value, what)

@@ -126,8 +126,8 @@ class Indexer:
         cfg = spec.config
         self.spec = spec
         self.ctl = ctl
-        self.j = spec.index
-        self.m = cfg.indexers
+        self.shard = spec.index
+        self.shards = cfg.indexers
         self.root = cfg.storage
         self.index = open_catalog(cfg.index_path)
         #: Every batch is decided against the files (storage/_integrity.py).
@@ -152,7 +152,7 @@ class Indexer:
         names = set()
         for name in segment_names(self.root):
             worker = segment_worker(name)
-            if worker is not None and worker % self.m == self.j:
+            if worker is not None and worker % self.shards == self.shard:
                 names.add(name)
         return names
 
@@ -309,7 +309,8 @@ class Indexer:
         self.ctl.setblocking(False)
         self.sel.register(self.ctl, selectors.EVENT_READ)
         send_control(self.ctl, Ready(os.getpid()))
-        log.info("indexer %d of %d following the journals of workers k %% %d == %d", self.j, self.m, self.m, self.j)
+        log.info("indexer %d of %d following the journals of workers k %% %d == %d", self.shard, self.shards,
+                 self.shards, self.shard)
         next_stats = next_poll = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
