@@ -53,6 +53,10 @@ __all__ = [
 class State(enum.Enum):
     """PS3.8 Table 9-10 states."""
 
+    # Members are singletons: identity hashing, in C, instead of Enum's hash of the
+    # name in Python (every transition looks up a (state, event) pair).
+    __hash__ = object.__hash__
+
     Sta1 = "Idle"
     Sta2 = "Transport connection open (Awaiting A-ASSOCIATE-RQ PDU)"
     Sta3 = "Awaiting local A-ASSOCIATE response primitive (from local user)"
@@ -70,6 +74,10 @@ class State(enum.Enum):
 
 class Event(enum.Enum):
     """PS3.8 Table 9-10 events."""
+
+    # Members are singletons: identity hashing, in C, instead of Enum's hash of the
+    # name in Python (every transition looks up a (state, event) pair).
+    __hash__ = object.__hash__
 
     Evt1 = "A-ASSOCIATE Request (local user)"
     Evt2 = "Transport Conn. Confirm (local transport service)"
@@ -99,6 +107,10 @@ class Action(enum.Enum):
     AR-5 and AA-5 have the same wording in the standard; their values name their table
     so that the two stay distinct members (equal values would make one an alias).
     """
+
+    # Members are singletons: identity hashing, in C, instead of Enum's hash of the
+    # name in Python (every transition looks up a (state, event) pair).
+    __hash__ = object.__hash__
 
     AE_1 = "Issue TRANSPORT CONNECT request primitive to local transport service"
     AE_2 = "Send A-ASSOCIATE-RQ-PDU"
