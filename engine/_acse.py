@@ -99,13 +99,16 @@ class AcceptorPolicy:
     implementation_version_name: str | None = None
     require_called_aet: bool = False
     require_calling_aet: Sequence[bytes] = field(default_factory=tuple)
+    #: A template accepting every abstract syntax not in ``supported_contexts`` (a valid
+    #: UID): its transfer syntaxes and roles apply. None: only the listed ones.
+    any_other_context: PresentationContext | None = None
     #: ``supported_contexts`` prepared for negotiation on first use (see
     #: :class:`~engine.presentation.SupportedContexts`).
     _prepared: SupportedContexts | None = field(default=None, init=False, repr=False)
 
     def prepared_contexts(self) -> SupportedContexts:
         if self._prepared is None:
-            self._prepared = SupportedContexts(self.supported_contexts)
+            self._prepared = SupportedContexts(self.supported_contexts, self.any_other_context)
         return self._prepared
 
 

@@ -446,12 +446,26 @@ class SupportedContexts:
     Building the lookup from a node's ~200 storage contexts, each with dozens of
     transfer syntaxes, costs about a millisecond: an acceptor pays it once, not per
     association. The contexts must not be changed after preparing them.
+
+    ``any_other``: a template for every abstract syntax not listed, provided it is a
+    valid UID (PS3.5 9.1) -- its transfer syntaxes and roles apply (an archive taking
+    private or newer storage SOP classes, like DCMTK storescp's promiscuous mode).
     """
 
-    __slots__ = ("table",)
+    __slots__ = ("table", "any_other")
 
-    def __init__(self, supported: Iterable[PresentationContext]) -> None:
+    def __init__(self, supported: Iterable[PresentationContext],
+                 any_other: PresentationContext | None = None) -> None:
         self.table = _supported_table(supported)
+        self.any_other = None
+        if any_other is not None:
+            self.any_other = _supported_table([any_other]).popitem()[1]
+
+    def get(self, abstract_syntax: str) -> _Supported | None:
+        entry = self.table.get(abstract_syntax)
+        if entry is None and self.any_other is not None and is_valid_uid(abstract_syntax):
+            entry = self.any_other
+        return entry
 
 
 def negotiate_as_acceptor(
@@ -494,11 +508,7 @@ def negotiate_as_acceptor(
     9.3.3.2); the first proposed one (or Implicit VR Little Endian) fills the field so
     that strict decoders still see a valid UID.
     """
-    table = (
-        supported.table
-        if isinstance(supported, SupportedContexts)
-        else _supported_table(supported)
-    )
+    prepared = supported if isinstance(supported, SupportedContexts) else SupportedContexts(supported)
     proposals = _first_roles(role_selections)
     id_counts = Counter(rq.context_id for rq in rq_contexts)
 
@@ -510,7 +520,7 @@ def negotiate_as_acceptor(
         proposed = [_peer_uid(ts) for ts in rq.transfer_syntaxes]
         filler = proposed[0] if proposed else str(ImplicitVRLittleEndian)
         abstract = _peer_uid(rq.abstract_syntax)
-        entry = table.get(abstract)
+        entry = prepared.get(abstract)
         chosen = None
         if cid % 2 == 0 or not (1 <= cid <= _MAX_CONTEXT_ID) or id_counts[cid] > 1:
             result = RESULT_NO_REASON
@@ -535,7 +545,7 @@ def negotiate_as_acceptor(
         ac_items.append(PresentationContextAC(cid, result, chosen))
         cx = PresentationContext(
             context_id=cid,
-            abstract_syntax=entry.context.abstract_syntax,
+            abstract_syntax=abstract,
             transfer_syntax=[chosen],
             result=RESULT_ACCEPTANCE,
             scu_role=entry.context.scu_role,

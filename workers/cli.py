@@ -80,6 +80,7 @@ _SERVE_KEYS = {
     "host": "host", "port": "port", "aet": "aet", "storage": "storage", "index": "index",
     "workers": "workers", "indexers": "indexers", "durability": "durability",
     "duplicates": "duplicates", "journal_segment_bytes": "journal-segment-bytes",
+    "sop_classes": "sop-classes",
     "max_associations": "max-associations", "max_pdu": "max-pdu",
     "require_calling_aet": "require-calling-aet", "require_called_aet": "require-called-aet",
     "allow_address": "allow-address",
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "grouped; none: no syncing (survives a crash, not power loss)")
     store.add_argument("--duplicates", choices=("overwrite", "keep", "reject"),
                        help="an instance already stored is replaced (default), kept, or refused")
+    store.add_argument("--sop-classes", choices=("any", "known"),
+                       help="storage SOP classes taken: any (default: a vendor's private classes and "
+                            "classes newer than this release too) or only the known ones; other "
+                            "abstract syntaxes are refused at negotiation")
     store.add_argument("--journal-segment-bytes", type=_integer, metavar="BYTES",
                        help="rotate a worker's journal segment past this size (default 64 MiB)")
     qr = serve.add_argument_group(

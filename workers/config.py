@@ -60,6 +60,9 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     indexers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     durability: Literal["fsync", "batch", "none"] = "fsync"
     duplicates: Literal["overwrite", "keep", "reject"] = "overwrite"
+    # Storage SOP classes taken: "any" valid UID proposed (private and newer classes
+    # too, as an archive must) or only the "known" ones of pydicom's dictionary.
+    sop_classes: Literal["any", "known"] = "any"
     # A worker's journal segment is rotated past this size (64 MiB: ~100k records, about
     # a second to replay), so a long-running worker's journal does not grow unbounded.
     journal_segment_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] = 64 << 20

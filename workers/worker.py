@@ -95,6 +95,7 @@ def acceptor_policy(cfg: NodeConfig, services: NodeServices) -> AcceptorPolicy:
         require_called_aet=cfg.require_called_aet,
         require_calling_aet=tuple(ae_title_bytes(t, "require-calling-aet")
                                   for t in cfg.require_calling_aet),
+        any_other_context=services.any_other,
     )
 
 
@@ -148,6 +149,7 @@ class Worker:
             query=cfg.query, retrieve=cfg.retrieve, commitment=cfg.commitment,
             commitment_verify=cfg.commitment_verify,
             executor=self.query_executor,
+            unknown_sop_classes=cfg.sop_classes == "any",
         )
         self.server = AssociationServer(
             ServerConfig(

@@ -126,3 +126,49 @@ def test_admission_never_leaks_a_slot() -> None:
             os.close(slots.fd)
 
     run(main)
+
+
+PRIVATE_CLASS = "1.2.826.0.1.3680043.8.498.9.1.1"  # a vendor's private storage SOP class
+
+
+def _store_private(tmp_path: Path, unknown: bool) -> tuple[bool, Any]:
+    ds = make_dataset("tiny", seed=7, unique=True)
+    ds.SOPClassUID = PRIVATE_CLASS
+
+    async def main() -> tuple[bool, Any]:
+        loop = asyncio.get_running_loop()
+        store = PosixInstanceStore(make_config(tmp_path, durability="none"), loop)
+        services = build_services(store, called_ae="NODE", unknown_sop_classes=unknown)
+        policy = aio.AcceptorPolicy(ae_title=b"NODE".ljust(16), supported_contexts=services.contexts,
+                                    implementation_class_uid="1.2.826.0.1.3680043.8.498.5",
+                                    any_other_context=services.any_other)
+        server = aio.AssociationServer(aio.ServerConfig(policy=policy, services=services.registry,
+                                                        maximum_associations=None), loop=loop)
+        _, port = await server.start(HOST, 0)
+        try:
+            config = aio.RequestorConfig(
+                calling_ae_title=b"MOD".ljust(16), called_ae_title=b"NODE".ljust(16),
+                contexts=[build_context(PRIVATE_CLASS, "1.2.840.10008.1.2.1"), build_context(Verification)],
+                implementation_class_uid="1.2.826.0.1.3680043.8.498.6")
+            assoc = await aio.associate(HOST, port, config)
+            accepted = any(str(cx.abstract_syntax) == PRIVATE_CLASS for cx in assoc.accepted_contexts)
+            status_ds = await assoc.send_c_store(ds) if accepted else None
+            await assoc.release()
+            return accepted, status_ds
+        finally:
+            await server.close(grace=1.0)
+            await store.aclose()
+
+    return run(main)
+
+
+def test_a_private_storage_class_is_taken_by_default(tmp_path: Path) -> None:
+    accepted, answer = _store_private(tmp_path, unknown=True)
+    assert accepted and answer.Status == 0
+    assert len(list(tmp_path.rglob("*.dcm"))) == 1
+
+
+def test_known_sop_classes_only_refuses_it_at_negotiation(tmp_path: Path) -> None:
+    accepted, _ = _store_private(tmp_path, unknown=False)
+    assert not accepted
+    assert not list(tmp_path.rglob("*.dcm"))

@@ -61,6 +61,8 @@ class NodeServices:
     storage: StorageSCP
     providers: list[Any] = field(default_factory=list)
     commitment: CommitmentSCP | None = None
+    #: Accepts every storage SOP class not listed (None: only the known ones).
+    any_other: PresentationContext | None = None
     _sweeper: asyncio.Task[None] | None = None
 
     def stop_accepting(self) -> None:
@@ -101,12 +103,15 @@ def build_services(
     commitment_verify: bool = False,
     commitment_grace_s: float = 10.0,
     executor: concurrent.futures.Executor | None = None,
+    unknown_sop_classes: bool = True,
 ) -> NodeServices:
     """Verification and Storage over ``store``; with a ``catalog``, also Query
     (C-FIND), Retrieve (C-GET, C-MOVE) and Storage Commitment, each unless switched
     off. Commitment needs ``pending`` (where requests are kept). ``ae_table`` names
     the AEs the node may reach (C-MOVE destinations, commitment requestors);
-    ``outbound`` how it reaches them (default: calling AE ``called_ae``)."""
+    ``outbound`` how it reaches them (default: calling AE ``called_ae``).
+    ``unknown_sop_classes``: also accept (as storage) SOP classes not in pydicom's
+    dictionary -- a vendor's private classes, classes newer than the dictionary."""
     table = _ae_table(ae_table)
     outbound = outbound or Outbound(called_ae)
     verification = VerificationSCP()
@@ -133,4 +138,5 @@ def build_services(
         provider.register(registry)
         contexts.extend(provider.contexts())
     return NodeServices(registry=registry, contexts=contexts, storage=storage, providers=providers,
-                        commitment=commitment_scp)
+                        commitment=commitment_scp,
+                        any_other=storage.any_other_context() if unknown_sop_classes else None)

@@ -83,6 +83,9 @@ def _transfer_syntaxes() -> tuple[str, ...]:
 
 
 TRANSFER_SYNTAXES = _transfer_syntaxes()
+#: PS3.4 B.5: the root under which the standard's storage SOP classes live; it only
+#: stands for "any other" in :meth:`StorageSCP.any_other_context`, never negotiated.
+_STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1"
 
 
 def calling_title(assoc: Any) -> str:
@@ -193,6 +196,13 @@ class StorageSCP:
         return [PresentationContext(abstract_syntax=uid, transfer_syntax=self.transfer_syntaxes,
                                     scu_role=role, scp_role=role)
                 for uid in self.sop_classes]
+
+    def any_other_context(self) -> PresentationContext:
+        """The template for storage SOP classes not in :attr:`sop_classes` (private or
+        newer than pydicom's dictionary): every transfer syntax, the same roles."""
+        role = True if self.role_selection else None
+        return PresentationContext(abstract_syntax=_STORAGE_ROOT, transfer_syntax=self.transfer_syntaxes,
+                                   scu_role=role, scp_role=role)
 
     def register(self, registry: ServiceRegistry) -> None:
         registry.add(self, [C_STORE_RQ])
