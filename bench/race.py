@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import sqlite3
 import sys
@@ -49,8 +50,10 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # How long the node gets to become quiet (index caught up) after a round.
 _SETTLE_S = 20.0
 _POLL_S = 0.05
-# How long after the copies start a kill lands: inside the rounds' few milliseconds.
-_KILL_AFTER_S = 0.002
+# When after the copies start a kill lands, spread over a round's few milliseconds (a
+# copy with fsync durability takes some; early kills find little acknowledged, late ones
+# most), drawn per round from the run's seed.
+_KILL_AFTER_S = (0.001, 0.03)
 
 
 @dataclass
@@ -189,12 +192,13 @@ def race(
     try:
         for round_no in range(rounds):
             uid, sends = _copies(round_no, copies, paths, seed)
-            statuses = asyncio.run(_race_round(running.port, uid, sends, folder, kill, round_no))
+            statuses = asyncio.run(_race_round(running, uid, sends, folder, kill, round_no))
             acknowledged = any(s == 0 for s in statuses)
             result.acknowledged += sum(1 for s in statuses if s == 0)
             result.failed += sum(1 for s in statuses if s != 0)
             if kill == "node":
-                running.proc.kill()
+                running.proc.kill()  # (already dead: reaps the group)
+                (folder / "ready.json").unlink(missing_ok=True)  # the new node writes its own
                 running = start_scpfleet(launch, node)
             verdict = _settled(launch.store, uid, acknowledged, time.monotonic() + _SETTLE_S)
             result.rounds += 1
@@ -207,11 +211,15 @@ def race(
     return result
 
 
-async def _race_round(port: int, uid: str, sends: list[tuple[str, bytes]], folder: Path,
+async def _race_round(running: Any, uid: str, sends: list[tuple[str, bytes]], folder: Path,
                       kill: str, round_no: int) -> list[int | None]:
-    task = asyncio.ensure_future(_send_all(port, uid, sends))
+    task = asyncio.ensure_future(_send_all(running.port, uid, sends))
+    delay = random.Random(round_no).uniform(*_KILL_AFTER_S)
+    if kill == "node":
+        await asyncio.sleep(delay)
+        running.proc.send_signal(signal.SIGKILL, group=True)
     if kill == "worker":
-        await asyncio.sleep(_KILL_AFTER_S)
+        await asyncio.sleep(delay)
         pids = list((_pids(folder).get("workers") or {}).values())
         victim = pids[round_no % len(pids)] if pids else None
         if victim:
