@@ -53,14 +53,17 @@ from ._ports import (
     CatalogBusy,
     CatalogCorrupt,
     CatalogError,
+    CatalogUnavailable,
     InstanceStore,
     InstanceUnavailable,
     Refusal,
     StoreRefused,
     Upload,
+    POSTGRES_SCHEMES,
     UploadRequest,
     is_url,
     open_catalog,
+    redact_url,
 )
 from ._pending import PendingEntry, PendingError, PendingRequests
 from ._posix import PosixInstanceStore
@@ -96,6 +99,7 @@ __all__ = [
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "CatalogUnavailable",
     "PendingError",
     "MetadataError",
     "NotDicomError",
@@ -109,6 +113,8 @@ __all__ = [
     "FIND_KEYS",
     "open_catalog",
     "is_url",
+    "redact_url",
+    "POSTGRES_SCHEMES",
     # queries
     "CatalogQuery",
     "Match",

@@ -13,8 +13,9 @@ instance with :class:`StoreRefused`, whose :class:`Refusal` kind says why in sto
 words; the caller turns the kind into whatever its protocol answers (the services
 layer, into a DIMSE status). Storage knows no DIMSE status, no AE, no association. A
 catalog fails with :class:`CatalogError` (:class:`CatalogCorrupt` when what is there
-is not a catalog at all, :class:`CatalogBusy` when another writer held it too long),
-never with its database driver's exceptions.
+is not a catalog at all, :class:`CatalogBusy` when another writer held it too long,
+:class:`CatalogUnavailable` when its server cannot be reached), never with its database
+driver's exceptions.
 
 A catalog also answers queries (:meth:`Catalog.query`): which patients, studies, series
 or instances match a :class:`~storage.CatalogQuery` (:mod:`storage._query`), read page
@@ -50,11 +51,13 @@ __all__ = [
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "CatalogUnavailable",
     "Catalog",
     "FIND_KEYS",
     "NO_PROGRESS",
     "open_catalog",
     "is_url",
+    "redact_url",
     "POSTGRES_SCHEMES",
 ]
 
@@ -178,6 +181,11 @@ class CatalogBusy(CatalogError):
     """Another writer held the catalog longer than the wait allowed; retry later."""
 
 
+class CatalogUnavailable(CatalogError):
+    """The catalog's server cannot be reached or refuses work now (down, restarting,
+    out of resources, the connection lost); retry later."""
+
+
 #: Record fields :meth:`Catalog.find` matches on: the columns every catalog indexes.
 FIND_KEYS = frozenset(("sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id"))
 
@@ -270,6 +278,19 @@ class Catalog(Protocol):
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 #: URL schemes of a PostgreSQL catalog (libpq's two spellings).
 POSTGRES_SCHEMES = frozenset(("postgresql", "postgres"))
+
+
+def redact_url(location: str) -> str:
+    """``location`` fit to print: a URL's password (``user:PASSWORD@`` or
+    ``password=...``) replaced by ``***``; a path unchanged."""
+    if not is_url(location):
+        return location
+    scheme, _, rest = location.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return re.sub(r"(password=)[^&]*", r"\1***", f"{scheme}://{userinfo}{at}{host}{slash}{tail}")
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:

@@ -54,12 +54,12 @@ except ImportError as exc:  # pragma: no cover - the optional extra is missing
     raise ImportError("a postgresql:// index needs psycopg: pip install 'scpfleet[postgresql]'") from exc
 
 from ._integrity import FileCheck, resolve, uids
-from ._ports import FIND_KEYS, NO_PROGRESS, CatalogBusy, CatalogCorrupt, CatalogError
+from ._ports import FIND_KEYS, NO_PROGRESS, CatalogBusy, CatalogCorrupt, CatalogError, CatalogUnavailable, redact_url
 from ._query import CatalogQuery
 from ._record import IndexStats, InstanceRecord
 from ._sqlquery import POSTGRESQL, page_statement, row_dict
 
-__all__ = ["PostgresCatalog", "POSTGRES_SCHEMA", "SCHEMA_VERSION", "redact_url"]
+__all__ = ["PostgresCatalog", "POSTGRES_SCHEMA", "SCHEMA_VERSION"]
 
 _COLUMNS = InstanceRecord.__struct_fields__
 
@@ -173,29 +173,14 @@ def _lock_key(text: str) -> int:
 _SCHEMA_LOCK = _lock_key("scpfleet schema")
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (for logs and files)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    redacted = f"{scheme}://{userinfo}{at}{host}{slash}{tail}"
-    if "password=" in redacted:
-        head, _, query = redacted.partition("?")
-        parts = ["password=***" if p.startswith("password=") else p for p in query.split("&")]
-        redacted = head + "?" + "&".join(parts)
-    return redacted
-
-
 def _catalog_error(exc: BaseException) -> CatalogError:
     if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled, pg_errors.DeadlockDetected,
                         pg_errors.SerializationFailure)):
         error: CatalogError = CatalogBusy(_one_line(exc))
     elif isinstance(exc, (pg_errors.DataCorrupted, pg_errors.IndexCorrupted)):
         error = CatalogCorrupt(_one_line(exc))
+    elif isinstance(exc, psycopg.OperationalError):
+        error = CatalogUnavailable(_one_line(exc))
     else:
         error = CatalogError(_one_line(exc))
     error.__cause__ = exc
@@ -262,7 +247,7 @@ class PostgresCatalog:
         now = time.monotonic()
         with self._lock:
             if now < self._retry_at and self._last_failure is not None:
-                raise CatalogError(f"{self._last_failure} (not retried for {_RECONNECT_S:.0f} s)")
+                raise CatalogUnavailable(f"{self._last_failure} (not retried for {_RECONNECT_S:.0f} s)")
         try:
             db = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout,
                                  application_name="scpfleet", **_KEEPALIVE)

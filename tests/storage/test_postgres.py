@@ -16,8 +16,9 @@ import msgspec
 import psycopg
 import pytest
 
-from storage import SCHEMA, CatalogBusy, CatalogError, CatalogQuery, IndexStats, Match, open_catalog
-from storage._postgres import SCHEMA_VERSION, PostgresCatalog, redact_url
+from storage import SCHEMA, CatalogBusy, CatalogError, CatalogQuery, CatalogUnavailable, IndexStats, Match, open_catalog
+from storage import redact_url
+from storage._postgres import SCHEMA_VERSION, PostgresCatalog
 from tests.storage import record
 
 
@@ -203,6 +204,7 @@ def test_lazy_catalog_connects_on_first_use_and_errors_are_catalog_errors(postgr
     catalog = open_catalog(url, node="a", lazy=True)  # nothing listens there: no error yet
     with pytest.raises(CatalogError) as failed:
         catalog.count()
+    assert isinstance(failed.value, CatalogUnavailable)
     assert type(failed.value.__cause__).__module__.startswith("psycopg")
     catalog.close()
     with pytest.raises(CatalogError):
