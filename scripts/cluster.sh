@@ -29,11 +29,19 @@ install_missing() {
     echo "installing ${wanted[*]} (their system services are not started)"
     local sudo=()
     [ "$(id -u)" = "0" ] || sudo=(sudo)
-    # policy-rc.d exit 101: the packages' own services are not started by the install.
-    "${sudo[@]}" sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+    # policy-rc.d exit 101 (unless one is there already): the packages' own services are
+    # not started by the install, nor at boot.
+    local policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        "${sudo[@]}" sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+        policy=1
+    fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >/dev/null
-    "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+    [ "$policy" = "0" ] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+    for service in postgresql haproxy; do
+        [ -e "/etc/init.d/$service" ] && "${sudo[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
+    done
 }
 install_missing
 
