@@ -206,11 +206,12 @@ class Haproxy:
 
 class ClusterNode:
     """One ``scpfleet serve`` of the cluster (module doc). ``args`` are added to the
-    command line; the DICOM and health ports stay the same over restarts."""
+    command line; the DICOM and health ports stay the same over restarts. ``balanced``
+    False: a node clients reach directly (no PROXY header expected, no drain delay)."""
 
     def __init__(self, name: str, folder: Path, index_url: str, *, workers: int = 1,
                  durability: str = "none", args: Sequence[str] = (), registry: Registry | None = None,
-                 python: str | None = None) -> None:
+                 python: str | None = None, balanced: bool = True) -> None:
         self.name = name
         self.folder = folder
         self.storage = folder / "storage"
@@ -224,6 +225,7 @@ class ClusterNode:
         self.health_port = 0
         self.group: ProcessGroup | None = None
         self.ready_path = folder / "ready.json"
+        self.balanced = balanced
         self.starts = 0
 
     def start(self) -> ClusterNode:
@@ -235,9 +237,11 @@ class ClusterNode:
         argv = [self.python, "-m", "workers.cli", "serve", "--host", HOST, "--port", self.port,
                 "--storage", self.storage, "--node-id", self.name, "--workers", self.workers,
                 "--durability", self.durability, "--metrics-port", self.health_port,
-                "--proxy-protocol-from", f"{HOST}/32", "--ready-file", self.ready_path,
-                "--drain-delay", DRAIN_DELAY_S, "--drain-timeout", 60, "--max-associations", 200,
-                "--summary-interval", 5, *self.args]
+                "--ready-file", self.ready_path, "--drain-timeout", 60, "--max-associations", 200,
+                "--summary-interval", 5]
+        if self.balanced:
+            argv += ["--proxy-protocol-from", f"{HOST}/32", "--drain-delay", DRAIN_DELAY_S]
+        argv += self.args
         self.starts += 1
         log = open(self.folder / "node.log", "ab")
         try:
