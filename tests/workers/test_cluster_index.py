@@ -30,9 +30,13 @@ _PEER = Path(__file__).parent / "services" / "_pynetdicom_qr.py"
 
 
 def pg_rows(url: str) -> dict[tuple[str, str], tuple[str, int, str]]:
-    """(node, sop_instance_uid) -> (path, size, digest) of every row."""
+    """(node, sop_instance_uid) -> (path, size, digest) of every row (none before a node
+    has made the schema)."""
     with psycopg.connect(url) as db:
-        rows = db.execute("SELECT node, sop_instance_uid, path, size, digest FROM instances").fetchall()
+        try:
+            rows = db.execute("SELECT node, sop_instance_uid, path, size, digest FROM instances").fetchall()
+        except psycopg.errors.UndefinedTable:
+            return {}
     return {(node, uid): (path, size, digest) for node, uid, path, size, digest in rows}
 
 
@@ -109,3 +113,29 @@ def test_two_nodes_one_index(node_factory, tiny_files: list[Path], postgres_data
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "10 instance file(s), 10 row(s), 0 disagreement(s)" in verified.stdout
     assert alpha.stop() == 0 and beta.stop() == 0
+
+
+def test_a_node_starts_and_stores_while_its_database_is_down(node_factory, tiny_files: list[Path],
+                                                             tmp_path: Path) -> None:
+    """The database is not on the store path: a node whose index cannot be reached starts
+    after a few tries, stores and acknowledges; once the database is there, its indexer
+    creates the schema and carries the journal into it."""
+    from bench.postgres import TemporaryPostgres
+
+    server = TemporaryPostgres().start()
+    try:
+        url = server.url
+        server.stop()
+        node = node_factory("--index", url, "--node-id", "lonely", "--workers", "1", "--durability", "none",
+                            "--metrics-port", "0", storage=tmp_path / "lonely")
+        assert "unreachable" in node.log() and "serving without it" in node.log()
+        files = tiny_files[:15]
+        result = peers.run_storescu(HOST, node.port, files, aec="SCPFLEET", log_dir=tmp_path / "logs")
+        assert result.returncode == 0, result.describe()  # every C-STORE acknowledged
+        assert len(node.stored_files()) == 15
+        server.start()
+        node.wait_for(lambda: len(pg_rows(url)) == 15, timeout=60, what="the journal carried into the index")
+        assert {uid for _, uid in pg_rows(url)} == {sop_uid(p) for p in files}
+        assert node.stop() == 0
+    finally:
+        server.destroy()
