@@ -139,3 +139,24 @@ def test_a_node_starts_and_stores_while_its_database_is_down(node_factory, tiny_
         assert node.stop() == 0
     finally:
         server.destroy()
+
+
+def test_a_newer_schema_stops_the_node_in_one_line(postgres_database: str, tmp_path: Path) -> None:
+    from storage import open_catalog
+
+    with open_catalog(postgres_database, node="someone"):
+        pass  # the schema, as a node makes it
+    with psycopg.connect(postgres_database, autocommit=True) as db:
+        db.execute("UPDATE schema_version SET version = version + 1")
+    import os
+
+    from tests.workers.nodes import REPO
+
+    done = subprocess.run([sys.executable, "-m", "workers.cli", "serve", "--host", HOST, "--port", "0",
+                           "--storage", str(tmp_path / "s"), "--workers", "1"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "SCPFLEET_INDEX": postgres_database})
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("scpfleet: error:")]
+    assert len(errors) == 1 and "newer than this scpfleet supports" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
