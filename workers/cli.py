@@ -25,7 +25,8 @@ Run a DICOM Storage SCP node: a supervisor, one listener, N workers and M indexe
 Every Storage SOP Class is accepted in every transfer syntax (plus Verification,
 Query/Retrieve C-FIND, C-GET and C-MOVE, and Storage Commitment);
 instances are written to STORAGE/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm,
-made durable before the C-STORE is answered, and indexed in STORAGE/index.sqlite.
+made durable before the C-STORE is answered, and indexed in STORAGE/index.sqlite
+(or in a PostgreSQL index the nodes of a cluster share: --index, SCPFLEET_INDEX).
 
 With no options it serves AE title SCPFLEET on port 11112, stores in ./archive with
 one worker per CPU and fsync durability. Settings come from the defaults, then
