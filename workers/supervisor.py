@@ -525,6 +525,12 @@ class Supervisor:
     def _on_signal(self, signum: int) -> None:
         if not self._stop.is_set():
             log.info("%s received: stopping", signal.Signals(signum).name)
+            if self.config.drain_delay > 0 and self._all_ready.is_set():
+                # The workers refuse new associations before /health says so.
+                self.draining = True
+                for worker in self.workers.values():
+                    if worker.alive:
+                        self._send(worker, Drain())
             self.metrics.state = "draining"
             self._stop.set()
         elif not self.forced:
@@ -656,15 +662,12 @@ class Supervisor:
         return await self._shutdown(status)
 
     async def _drain_first(self) -> None:
-        """With drain-delay: refuse new associations, let the open ones go on, for at
-        least drain-delay and until none is open, within drain-timeout (module doc)."""
+        """With drain-delay (the workers refuse new associations since the signal): let
+        the open ones go on, for at least drain-delay and until none is open, within
+        drain-timeout (module doc)."""
         cfg = self.config
-        if cfg.drain_delay <= 0 or self.forced:
+        if not self.draining or self.forced:
             return
-        self.draining = True
-        for worker in self.workers.values():
-            if worker.alive:
-                self._send(worker, Drain())
         log.info("draining: new associations refused for at least %.1f s, open ones served to their end "
                  "(at most %.0f s)", cfg.drain_delay, cfg.drain_timeout)
         started = time.monotonic()
