@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -114,7 +115,7 @@ def cluster_files(tmp_path_factory: pytest.TempPathFactory, slow_scale: float) -
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_database: str) -> LocalCluster:
+def cluster(tmp_path: Path, postgres_database: str) -> Iterator[LocalCluster]:
     for tool in ("haproxy", "storescu"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed (scripts/test.sh installs it)", pytrace=False)
