@@ -135,6 +135,10 @@ class Association:
         self._contexts_by_id: dict[int, PresentationContext] = {}
         #: Callables given each association-level event (DULServiceProvider's view).
         self.dul_observers: list[Callable[[Any], None]] = []
+        #: The real peer's address when the transport's peer is a relay (set by
+        #: ``AssociationServer.adopt(peer=...)`` before the transport is made); None: the
+        #: transport's own peer address.
+        self.peer_address: tuple[str, int] | None = None
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class Association:
     # -- the link's owner -----------------------------------------------------------------
 
     def link_made(self, transport: asyncio.Transport) -> bool:
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = self.peer_address or transport.get_extra_info("peername") or ("", 0)
         server = self.server
         if server is not None:
             if not server.peer_allowed(peer):

@@ -163,21 +163,31 @@ class AssociationServer:
             raise RuntimeError("the server is not listening")
         return self._server.sockets[0].getsockname()[:2]
 
-    async def adopt(self, sock: socket.socket) -> Association:
+    async def adopt(self, sock: socket.socket, *, peer: tuple[str, int] | None = None) -> Association:
         """Serve an already-accepted connection (handed over by a listener process).
+
+        ``peer``: the address of the real peer when the socket's own peer is a relay (a
+        load balancer that said who connected through it, e.g. in a PROXY protocol
+        header the caller has read off the socket); it is then used instead of the
+        socket's peer address for :attr:`ServerConfig.allowed_networks`, the association's
+        ``requestor.address``/``port``, the ``EVT_CONN_OPEN`` event and the logs.
 
         A peer outside :attr:`ServerConfig.allowed_networks` is closed here, before any
         TLS handshake, and ``ConnectionRefusedError`` is raised.
         """
         if self.config.allowed_networks is not None:
-            try:
-                peer = sock.getpeername()
-            except OSError:
-                peer = None
-            if not self.peer_allowed(peer):
+            seen = peer
+            if seen is None:
+                try:
+                    seen = sock.getpeername()
+                except OSError:
+                    seen = None
+            if not self.peer_allowed(seen):
                 sock.close()
-                raise ConnectionRefusedError(f"peer address {peer} is not allowed")
+                raise ConnectionRefusedError(f"peer address {seen} is not allowed")
         assoc = self.new_association()
+        if peer is not None:
+            assoc.peer_address = (str(peer[0]), int(peer[1]))
         self.register(assoc)  # live from now: close() waits for its handshake too
         try:
             await self.loop.connect_accepted_socket(

@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
 # Set up everything the tests need from nothing, then run them.
-#   - DCMTK (the reference peer) from Debian's packages when missing;
+#   - DCMTK (the reference peer), PostgreSQL 15 (the shared index's tests start their own
+#     server from its binaries) and HAProxy (the cluster tests' balancer) from Debian's
+#     packages when missing; their system services are neither started nor enabled;
 #   - a virtualenv in .venv with the project and its test extras.
 # Extra arguments are passed to pytest (e.g. scripts/test.sh -k pdu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v storescu >/dev/null 2>&1; then
-    if [ "$(id -u)" = "0" ]; then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq dcmtk >/dev/null
-    else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null
+missing=()
+command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql-15)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=()
+    [ "$(id -u)" = "0" ] || sudo=(sudo)
+    # policy-rc.d exit 101 (unless one is there already): the packages' services are not
+    # started by the install...
+    policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        "${sudo[@]}" sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+        policy=1
     fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ "$policy" = "0" ] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+    # ... nor started at boot.
+    for service in postgresql haproxy; do
+        if [ -e "/etc/init.d/$service" ]; then
+            "${sudo[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 PY=${PYTHON:-python3}

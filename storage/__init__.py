@@ -18,11 +18,14 @@ index it; a :class:`Publisher` makes it durable and visible and appends its
 (:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
 and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
 finished ones, and a :class:`JournalTail` follows a live segment as it grows.
-:class:`SqliteCatalog` (:mod:`._sqlite`) is the catalog, opened with
-:func:`open_catalog`; only that module imports ``sqlite3``. A query/retrieve service
-asks a catalog a :class:`CatalogQuery` (:mod:`._query`: conditions in storage's terms)
-and reads the answer page by page from a :class:`QueryCursor`; the SQLite catalog
-writes it as SQL in :mod:`._sqlquery`. :class:`PendingRequests` (:mod:`._pending`) keeps
+:class:`SqliteCatalog` (:mod:`._sqlite`) is one node's catalog and
+``PostgresCatalog`` (:mod:`._postgres`, loaded only when a ``postgresql://`` URL is
+opened: its driver is an optional extra) the catalog a cluster of nodes shares, both
+opened with :func:`open_catalog`; only they import ``sqlite3`` and ``psycopg``. A
+query/retrieve service asks a catalog a :class:`CatalogQuery` (:mod:`._query`:
+conditions in storage's terms) and reads the answer page by page from a
+:class:`QueryCursor`; both catalogs write it as SQL in :mod:`._sqlquery`, each in its
+dialect. :class:`PendingRequests` (:mod:`._pending`) keeps
 requests a service acknowledged and will answer later, durably, one file each.
 Configuration is passed
 in; nothing is read from module globals. Errors raised on purpose derive from
@@ -50,13 +53,17 @@ from ._ports import (
     CatalogBusy,
     CatalogCorrupt,
     CatalogError,
+    CatalogUnavailable,
     InstanceStore,
     InstanceUnavailable,
     Refusal,
     StoreRefused,
     Upload,
+    POSTGRES_SCHEMES,
     UploadRequest,
+    is_url,
     open_catalog,
+    redact_url,
 )
 from ._pending import PendingEntry, PendingError, PendingRequests
 from ._posix import PosixInstanceStore
@@ -92,6 +99,7 @@ __all__ = [
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "CatalogUnavailable",
     "PendingError",
     "MetadataError",
     "NotDicomError",
@@ -104,6 +112,9 @@ __all__ = [
     "Catalog",
     "FIND_KEYS",
     "open_catalog",
+    "is_url",
+    "redact_url",
+    "POSTGRES_SCHEMES",
     # queries
     "CatalogQuery",
     "Match",

@@ -4,15 +4,18 @@ Theory of operation: a DICOM service never touches files, journals or databases;
 holds an :class:`InstanceStore` (where instances are written and read back) and a
 :class:`Catalog` (what is stored, for finding it again). Both are protocols, so each
 can have several implementations: today :class:`~storage.PosixInstanceStore` (files on
-a POSIX file system, a per-worker journal) and :class:`~storage.SqliteCatalog`.
+a POSIX file system, a per-worker journal), and :class:`~storage.SqliteCatalog` (one
+node's index in a file) or the PostgreSQL catalog (one index for the nodes of a
+cluster, ``storage._postgres``, imported only when a ``postgresql://`` URL is opened).
 
 Each port has its own errors, all :class:`~storage.StorageError`: a store refuses an
 instance with :class:`StoreRefused`, whose :class:`Refusal` kind says why in storage's
 words; the caller turns the kind into whatever its protocol answers (the services
 layer, into a DIMSE status). Storage knows no DIMSE status, no AE, no association. A
 catalog fails with :class:`CatalogError` (:class:`CatalogCorrupt` when what is there
-is not a catalog at all, :class:`CatalogBusy` when another writer held it too long),
-never with its database driver's exceptions.
+is not a catalog at all, :class:`CatalogBusy` when another writer held it too long,
+:class:`CatalogUnavailable` when its server cannot be reached), never with its database
+driver's exceptions.
 
 A catalog also answers queries (:meth:`Catalog.query`): which patients, studies, series
 or instances match a :class:`~storage.CatalogQuery` (:mod:`storage._query`), read page
@@ -48,10 +51,14 @@ __all__ = [
     "CatalogError",
     "CatalogCorrupt",
     "CatalogBusy",
+    "CatalogUnavailable",
     "Catalog",
     "FIND_KEYS",
     "NO_PROGRESS",
     "open_catalog",
+    "is_url",
+    "redact_url",
+    "POSTGRES_SCHEMES",
 ]
 
 
@@ -174,6 +181,11 @@ class CatalogBusy(CatalogError):
     """Another writer held the catalog longer than the wait allowed; retry later."""
 
 
+class CatalogUnavailable(CatalogError):
+    """The catalog's server cannot be reached or refuses work now (down, restarting,
+    out of resources, the connection lost); retry later."""
+
+
 #: Record fields :meth:`Catalog.find` matches on: the columns every catalog indexes.
 FIND_KEYS = frozenset(("sop_instance_uid", "study_instance_uid", "series_instance_uid", "patient_id"))
 
@@ -184,7 +196,15 @@ NO_PROGRESS: Mapping[str, int] = MappingProxyType({})
 @runtime_checkable
 class Catalog(Protocol):
     """What is stored: one :class:`~storage.InstanceRecord` per SOP Instance UID, and
-    how far each journal segment has been carried into it."""
+    how far each journal segment has been carried into it.
+
+    A catalog shared by several nodes (PostgreSQL) keeps one row per node and SOP
+    Instance UID and speaks for one node: what pairs with that node's files and
+    journals (:meth:`apply`, :meth:`progress`, :meth:`journal_progress`,
+    :meth:`forget_journal`, :meth:`get`, :meth:`contains`, :meth:`remove`, :meth:`find`)
+    is that node's rows; what describes the archive (:meth:`list`, :meth:`count`,
+    :meth:`stats`, :meth:`node_stats`, :meth:`query`) is every node's. A SQLite catalog
+    is one node's, so both are the same rows."""
 
     def apply(
         self,
@@ -239,6 +259,10 @@ class Catalog(Protocol):
 
     def stats(self) -> IndexStats: ...
 
+    def node_stats(self) -> dict[str, IndexStats]:
+        """:meth:`stats` of each node's rows, by node id ('' for rows naming none)."""
+        ...
+
     def query(self, query: CatalogQuery) -> QueryCursor:
         """The entities matching ``query`` (see :mod:`storage._query`), page by page.
         Raises :class:`CatalogError` (when reading, too)."""
@@ -252,16 +276,54 @@ class Catalog(Protocol):
 
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+#: URL schemes of a PostgreSQL catalog (libpq's two spellings).
+POSTGRES_SCHEMES = frozenset(("postgresql", "postgres"))
+
+
+def redact_url(location: str) -> str:
+    """``location`` fit to print: a URL's password (``user:PASSWORD@`` or
+    ``password=...``) replaced by ``***``; a path unchanged."""
+    if not is_url(location):
+        return location
+    scheme, _, rest = location.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return re.sub(r"(password=)[^&]*", r"\1***", f"{scheme}://{userinfo}{at}{host}{slash}{tail}")
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names a catalog by URL (a server), not by file path."""
+    return isinstance(location, str) and _URL.match(location) is not None
 
 
 def open_catalog(
-    location: str | os.PathLike[str], *, read_only: bool = False, timeout_s: float | None = None
+    location: str | os.PathLike[str],
+    *,
+    read_only: bool = False,
+    timeout_s: float | None = None,
+    node: str | None = None,
+    lazy: bool = False,
 ) -> Catalog:
     """The catalog at ``location``: a file path (SQLite; created when new, unless
-    ``read_only``). ``timeout_s`` bounds waits for another writer (the
-    implementation's default when None). Raises :class:`CatalogError` (for a URL
-    scheme no implementation serves, too)."""
+    ``read_only``) or a ``postgresql://`` URL (PostgreSQL; the schema created when the
+    database has none, unless ``read_only``). ``timeout_s`` bounds waits for another
+    writer (the implementation's default when None).
+
+    ``node`` is the node the catalog speaks for in a catalog shared by several nodes
+    (PostgreSQL: its rows and journal progress; None reads the whole cluster and writes
+    nothing); a SQLite catalog is one node's and ignores it. ``lazy``: connect to a server
+    on first use rather than now (a node starting while its database is down). Raises
+    :class:`CatalogError` (for a URL scheme no implementation serves, too)."""
     if isinstance(location, str) and (match := _URL.match(location)):
+        scheme = match.group(1).lower()
+        if scheme in POSTGRES_SCHEMES:
+            try:
+                from ._postgres import PostgresCatalog
+            except ImportError as exc:
+                raise CatalogError(str(exc)) from None
+            return PostgresCatalog(location, node=node, read_only=read_only, timeout_s=timeout_s, lazy=lazy)
         # The rest of a URL may hold credentials: only the scheme is named.
         raise CatalogError(f"no catalog implementation for {match.group(1)}:// locations")
     from ._sqlite import SqliteCatalog

@@ -80,13 +80,14 @@ LEVEL_FIELDS: Mapping[str, tuple[str, ...]] = {
 
 #: What a row may count or list over its whole entity, by level: the numbers of
 #: related studies, series and instances (PS3.4 C.3.2 to C.3.4 "Number of ... Related
-#: ..."), and the distinct modalities and SOP classes of a study (ModalitiesInStudy,
-#: SOPClassesInStudy), as lists.
+#: ..."), the distinct modalities and SOP classes of a study (ModalitiesInStudy,
+#: SOPClassesInStudy), as lists, and the nodes whose storage holds a copy of an instance
+#: (``nodes``, a list; empty where the catalog is one node's and names none).
 AGGREGATES: Mapping[str, frozenset[str]] = {
     "PATIENT": frozenset(("related_studies", "related_series", "related_instances")),
     "STUDY": frozenset(("related_series", "related_instances", "modalities", "sop_classes")),
     "SERIES": frozenset(("related_instances",)),
-    "IMAGE": frozenset(),
+    "IMAGE": frozenset(("nodes",)),
 }
 
 #: Fields a condition may name: the UIDs and the query fields of the record.

@@ -418,6 +418,16 @@ class SqliteCatalog:
             ).fetchone()
         return IndexStats(*(int(v) for v in row))
 
+    def node_stats(self) -> dict[str, IndexStats]:
+        """The totals of each ``node`` value (one, normally: a SQLite index is one node's)."""
+        with _translated():
+            rows = self._db.execute(
+                "SELECT node, COUNT(*), COALESCE(SUM(size), 0), COUNT(DISTINCT study_instance_uid),"
+                " COUNT(DISTINCT series_instance_uid), COUNT(DISTINCT NULLIF(patient_id, ''))"
+                " FROM instances GROUP BY node ORDER BY node"
+            ).fetchall()
+        return {str(row[0]): IndexStats(*(int(v) for v in row[1:])) for row in rows}
+
     def query(self, query: CatalogQuery) -> _QueryCursor:
         """The rows answering ``query``, page by page (see :class:`~storage.QueryCursor`).
 

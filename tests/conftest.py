@@ -6,15 +6,20 @@ CI (SCPFLEET_CI=1) runs them bounded, scaled by the `slow_scale` fixture)
 and `interop` (tests that talk to external peers); gives every test a 120 s timeout when
 pytest-timeout is loaded and no timeout was configured (CLI, PYTEST_TIMEOUT, ini) or marked;
 and provides DICOM corpora (tests/dicomdata.py) and real-peer factories (tests/peers.py)
-whose processes are always reaped, even when a test fails or forgets to stop them.
-It never starts anything at import time.
+whose processes are always reaped, even when a test fails or forgets to stop them;
+and a PostgreSQL server for the session (bench/postgres.py: a temporary data directory,
+127.0.0.1 on an ephemeral port, an unprivileged account), with a fresh schema or
+database per test. A PostgreSQL that cannot start fails the tests that need it, with
+the reason; none is skipped. It never starts anything at import time.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,3 +184,46 @@ def pynetdicom_scp(
     finally:
         for scp in started:
             scp.stop()
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One temporary PostgreSQL server for the session (bench.postgres.TemporaryPostgres),
+    always destroyed. Fails (never skips) when it cannot start."""
+    from bench.postgres import PostgresError, TemporaryPostgres
+
+    try:
+        server = TemporaryPostgres().start()
+    except PostgresError as exc:
+        pytest.fail(f"PostgreSQL could not be started for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+_SCHEMAS = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres: Any) -> str:
+    """The URL of a fresh, empty schema of the session's PostgreSQL (search_path set in
+    the URL): as good as a database of its own, and made in a millisecond."""
+    import psycopg
+
+    name = f"t{os.getpid()}_{next(_SCHEMAS)}"
+    with psycopg.connect(postgres.url, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {name}")
+    return f"{postgres.url}?options=-csearch_path%3D{name}"
+
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_database(postgres: Any) -> str:
+    """The URL of a fresh, empty database of the session's PostgreSQL."""
+    return postgres.create_database(f"db{os.getpid()}_{next(_DATABASES)}")

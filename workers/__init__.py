@@ -8,8 +8,9 @@ port and starts everything else as fresh interpreters (:mod:`._spawn`): one
 descriptor over a Unix ``SOCK_SEQPACKET`` channel (``socket.send_fds``), to the
 least-loaded of N **workers** (:mod:`.worker`), each one uvloop loop running many
 associations through :class:`engine.aio.AssociationServer` (``adopt``; TLS is
-handshaken there); and M **indexers** (:mod:`.indexer`) writing the SQLite index. A
-worker, indexer or the listener that dies is restarted; the others carry on.
+handshaken there); and M **indexers** (:mod:`.indexer`) writing the index: SQLite, or
+the PostgreSQL index the nodes of a cluster share, as this node's rows (``--node-id``).
+A worker, indexer or the listener that dies is restarted; the others carry on.
 
 Load and admission. Workers and listener share a small ``memfd`` array
 (:class:`.ipc.SharedSlots`), one slot per worker, written only by that worker: the
@@ -60,11 +61,16 @@ segment (``storage.replay``), retires them (``storage.retire``) and indexes file
 were renamed into place but never journalled (:mod:`.recovery`, also run when a worker
 dies). Temporary files live only under ``.tmp`` and are never indexed.
 
+Behind a balancer. A worker reads the PROXY v2 header (:mod:`.proxy`) of a connection
+from ``proxy-protocol-from`` before adopting it with the client's address; the
+supervisor's ``/health`` tells the balancer whether the node takes associations, and on
+SIGTERM says draining while the workers refuse new associations (``drain-delay``).
+
 Operators. Each association ends with one log line (peer, AE titles, worker,
 instances, bytes, duration, outcome); the supervisor logs a summary every
-``summary-interval`` and serves Prometheus ``/metrics`` from counters the children
-send it each second (:mod:`.metrics`). ``scpfleet ls`` and ``scpfleet stats`` read the
-index (:mod:`.cli`).
+``summary-interval`` and serves Prometheus ``/metrics`` and ``/health`` from counters the
+children send it each second (:mod:`.metrics`). ``scpfleet ls`` and ``scpfleet stats``
+read the index, a shared one for the whole cluster (:mod:`.cli`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ Run a DICOM Storage SCP node: a supervisor, one listener, N workers and M indexe
 Every Storage SOP Class is accepted in every transfer syntax (plus Verification,
 Query/Retrieve C-FIND, C-GET and C-MOVE, and Storage Commitment);
 instances are written to STORAGE/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm,
-made durable before the C-STORE is answered, and indexed in STORAGE/index.sqlite.
+made durable before the C-STORE is answered, and indexed in STORAGE/index.sqlite
+(or in a PostgreSQL index the nodes of a cluster share: --index, SCPFLEET_INDEX).
 
 With no options it serves AE title SCPFLEET on port 11112, stores in ./archive with
 one worker per CPU and fsync durability. Settings come from the defaults, then
@@ -91,13 +92,17 @@ _SERVE_KEYS = {
     "summary_interval": "summary-interval", "log_level": "log-level",
     "ae_table": "ae-table", "query": "query", "retrieve": "retrieve", "commitment": "commitment",
     "commitment_verify": "commitment-verify",
+    "node_id": "node-id", "proxy_protocol_from": "proxy-protocol-from", "drain_delay": "drain-delay",
 }
 
 
 def _add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="read settings from this TOML file")
     parser.add_argument("--storage", metavar="DIR", help="storage root (default ./archive)")
-    parser.add_argument("--index", metavar="FILE", help="SQLite index (default STORAGE/index.sqlite)")
+    parser.add_argument("--index", metavar="URL",
+                        help="the index: sqlite (default: STORAGE/index.sqlite), another SQLite file's path, "
+                             "or postgresql://USER@HOST:PORT/DB, shared by the nodes of a cluster (a password "
+                             "goes in SCPFLEET_INDEX, PGPASSWORD or ~/.pgpass, not here: ps shows flags)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--allow-address", action="append", metavar="CIDR",
                      help="accept connections only from this address or network (repeatable); "
                           "others are closed before any PDU is read")
+    net.add_argument("--proxy-protocol-from", action="append", metavar="CIDR",
+                     help="a load balancer's address or network (repeatable): its connections start with a "
+                          "PROXY protocol v2 header naming the client, whose address is then the one logged "
+                          "and checked; a PROXY header from anyone else is refused")
     net.add_argument("--acse-timeout", type=_seconds, metavar="S", help="association setup/release timeout (30)")
     net.add_argument("--dimse-timeout", type=_seconds, metavar="S", help="stalled message timeout (60)")
     net.add_argument("--network-timeout", type=_seconds, metavar="S", help="idle association timeout (120)")
@@ -164,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     procs.add_argument("--indexers", type=_integer, metavar="N", help="indexer processes (default 1)")
     procs.add_argument("--drain-timeout", type=_seconds, metavar="S",
                        help="on stop, how long stores in flight may take (default 10)")
+    procs.add_argument("--drain-delay", type=_seconds, metavar="S",
+                       help="on stop, first refuse new associations for S seconds (and until the open ones "
+                            "end, within --drain-timeout) while /health says draining, so a load balancer "
+                            "takes the node out before it stops listening (default 0)")
+    procs.add_argument("--node-id", metavar="ID",
+                       help="this node's name in a shared index (default: host name and a digest of the "
+                            "storage path)")
     ops = serve.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=_integer, metavar="PORT",
                      help="serve Prometheus /metrics on this port (0: any free port; default off)")
@@ -184,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=_ls)
 
-    stats = sub.add_parser("stats", help="counts of instances, bytes, studies, series, patients")
+    stats = sub.add_parser("stats", help="counts of instances, bytes, studies, series, patients (and per "
+                           "node, for a shared index)")
     _add_storage_options(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=_stats)
@@ -200,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--duplicates", choices=("overwrite", "keep", "reject"),
                         help="when repairing, which of two copies at different paths wins: the newer "
                              "(overwrite) or the first (keep, reject); default: the node's setting")
+    verify.add_argument("--node-id", metavar="ID",
+                        help="with a shared index: the node whose rows describe this storage (default: the "
+                             "node's default, host name and a digest of the storage path)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     verify.set_defaults(func=_verify)
@@ -244,9 +264,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.check_config:
         import msgspec
 
+        from storage import redact_url
+
         cfg = msgspec.to_builtins(config)
         cfg["workers"] = config.worker_count
-        cfg["index"] = config.index_path
+        cfg["index"] = redact_url(config.index_path)
+        cfg["node-id"] = config.node
         print(json.dumps(cfg, indent=2, sort_keys=True))
         return 0
     setup_logging("supervisor", config.log_level)
@@ -259,8 +282,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _read_index(args: argparse.Namespace, read: Callable[[Any], Any]) -> Any:
-    """``read(catalog)`` on the node's index; any failure is one line and exit 1."""
-    from storage import CatalogError, open_catalog
+    """``read(catalog)`` on the node's index (a shared one: the whole cluster's); any
+    failure is one line and exit 1."""
+    from storage import CatalogError, open_catalog, redact_url
 
     from .config import ConfigError
 
@@ -268,13 +292,14 @@ def _read_index(args: argparse.Namespace, read: Callable[[Any], Any]) -> Any:
         config = _config(args, {"storage": "storage", "index": "index"})
     except ConfigError as exc:
         raise SystemExit(_fail(str(exc)))
-    if not os.path.exists(config.index_path):
-        raise SystemExit(_fail(f"no index at {config.index_path} (nothing stored yet, or wrong --storage)", 1))
+    where = redact_url(config.index_path)
+    if not config.index_shared and not os.path.exists(config.index_path):
+        raise SystemExit(_fail(f"no index at {where} (nothing stored yet, or wrong --storage)", 1))
     try:
-        with open_catalog(config.index_path) as index:
+        with open_catalog(config.index_path, read_only=config.index_shared) as index:
             return read(index)
     except CatalogError as exc:
-        raise SystemExit(_fail(f"index {config.index_path}: {exc}", 1)) from None
+        raise SystemExit(_fail(f"index {where}: {exc}", 1)) from None
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -299,30 +324,39 @@ def _stats(args: argparse.Namespace) -> int:
 
     from .metrics import format_bytes
 
-    stats = _read_index(args, lambda index: index.stats())
+    stats, nodes = _read_index(args, lambda index: (index.stats(), index.node_stats()))
+    shared = any(nodes)  # rows naming their node: an index that nodes share
     if args.json:
-        print(json.dumps(msgspec.structs.asdict(stats)))
+        out = msgspec.structs.asdict(stats)
+        if shared:
+            out["nodes"] = {node: msgspec.structs.asdict(s) for node, s in nodes.items()}
+        print(json.dumps(out))
         return 0
     print(f"instances: {stats.instances}\nbytes: {stats.bytes} ({format_bytes(stats.bytes)})\n"
           f"studies: {stats.studies}\nseries: {stats.series}\npatients: {stats.patients}")
+    if shared:
+        print("NODE\tINSTANCES\tBYTES\tSTUDIES\tSERIES\tPATIENTS")
+        for node, s in nodes.items():
+            print(f"{node or '-'}\t{s.instances}\t{s.bytes}\t{s.studies}\t{s.series}\t{s.patients}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from storage import CatalogError, FileCheck, open_catalog
+    from storage import CatalogError, FileCheck, open_catalog, redact_url
 
     from .config import ConfigError
     from .verify import RootBusy, lock_root, print_progress, repair, verify
 
     try:
-        config = _config(args, {"storage": "storage", "index": "index"})
+        config = _config(args, {"storage": "storage", "index": "index", "node_id": "node-id"})
     except ConfigError as exc:
         return _fail(str(exc))
     root = os.path.abspath(config.storage)
+    where = redact_url(config.index_path)
     if not os.path.isdir(root):
         return _fail(f"no storage at {root}", 1)
-    if not os.path.exists(config.index_path):
-        return _fail(f"no index at {config.index_path} (nothing stored yet, or wrong --storage)", 1)
+    if not config.index_shared and not os.path.exists(config.index_path):
+        return _fail(f"no index at {where} (nothing stored yet, or wrong --storage)", 1)
     policy = args.duplicates or config.duplicates
     files = FileCheck(root, policy)
     progress = None if args.quiet or args.json else print_progress
@@ -330,7 +364,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         if args.repair:
             lock = lock_root(root)
-        with open_catalog(config.index_path) as catalog:
+        with open_catalog(config.index_path, node=config.node) as catalog:
             report = verify(root, catalog, files, digests=args.digests, progress=progress)
             fixed = None
             if args.repair and report.problems:
@@ -341,7 +375,7 @@ def _verify(args: argparse.Namespace) -> int:
     except RootBusy as exc:
         return _fail(str(exc), 1)
     except CatalogError as exc:
-        return _fail(f"index {config.index_path}: {exc}", 1)
+        return _fail(f"index {where}: {exc}", 1)
     except OSError as exc:
         return _fail(f"storage {root}: {exc.strerror or exc}", 1)
     finally:

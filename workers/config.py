@@ -1,8 +1,10 @@
 """The node's configuration: one validated :class:`NodeConfig`, from defaults, a TOML
 file and command-line flags, in that order of precedence.
 
-Theory of operation: a TOML file is read with :mod:`tomllib`, the flags given on the
-command line are laid over its table (same names: ``--max-associations`` is
+Theory of operation: a TOML file is read with :mod:`tomllib`, the environment variable
+:data:`INDEX_ENV` (the index's location, which may carry a password that must stay out
+of process lists and configuration files) is laid over its ``index``, the flags given
+on the command line over both (same names: ``--max-associations`` is
 ``max-associations``), and :func:`msgspec.convert` turns the result into a frozen
 :class:`NodeConfig`, checking types, ranges and unknown keys in one place. What a type
 cannot say (an AE title's characters, a certificate without its key, a readable file)
@@ -14,10 +16,12 @@ This module never starts anything; it reads the files it is told to validate.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
 import re
+import socket
 import ssl
 import tomllib
 from typing import Annotated, Any, Literal
@@ -33,7 +37,16 @@ __all__ = [
     "ssl_context",
     "ae_title_bytes",
     "ae_table",
+    "INDEX_ENV",
+    "default_node_id",
+    "proxy_networks",
 ]
+
+#: The environment variable that gives the index's location when no flag does (a
+#: ``postgresql://`` URL with its password stays out of ``ps`` and of config files).
+INDEX_ENV = "SCPFLEET_INDEX"
+# A node id names rows in a shared index and appears in metrics labels: short, plain.
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
@@ -45,9 +58,11 @@ PduSize = Annotated[int, msgspec.Meta(ge=4096, le=64 << 20)]
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="kebab"):
     """Everything ``scpfleet serve`` needs; TOML keys are the kebab-case field names.
 
-    ``workers`` None means one per CPU this process may run on; ``index`` None means
-    ``<storage>/index.sqlite``; ``metrics-port`` None disables ``/metrics`` (0 picks a
-    free port, reported in the ready file).
+    ``workers`` None means one per CPU this process may run on; ``index`` None (or
+    ``sqlite``) means ``<storage>/index.sqlite``, a path another SQLite file, a
+    ``postgresql://`` URL the index the nodes of a cluster share; ``node-id`` None
+    means :func:`default_node_id`; ``metrics-port`` None disables ``/metrics`` and
+    ``/health`` (0 picks a free port, reported in the ready file).
     """
 
     host: str = "0.0.0.0"
@@ -74,6 +89,9 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     require_called_aet: bool = False
     # Peer addresses (CIDR) allowed to connect; empty: everyone.
     allow_address: list[str] = []
+    # Load balancers (CIDR) whose connections start with a PROXY v2 header naming the
+    # client; empty: none (a PROXY header is then refused from anyone).
+    proxy_protocol_from: list[str] = []
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
@@ -83,6 +101,10 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 120.0
     drain_timeout: Seconds = 10.0
+    # On SIGTERM, how long the node refuses new associations (reporting "draining" on
+    # /health) while open ones go on, before it stops listening: a balancer's health
+    # checks take it out of rotation meanwhile. 0: stop listening at once.
+    drain_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
     summary_interval: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Query/Retrieve and Storage Commitment: on unless switched off; the AE table says
@@ -92,6 +114,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     retrieve: bool = True
     commitment: bool = True
     commitment_verify: bool = False
+    # This node's name in a shared index (its rows, its journal progress, metrics).
+    node_id: str | None = None
 
     @property
     def worker_count(self) -> int:
@@ -99,7 +123,21 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     @property
     def index_path(self) -> str:
-        return self.index if self.index is not None else os.path.join(self.storage, "index.sqlite")
+        """The index's location: a SQLite file's path or a server's URL."""
+        if self.index is None or self.index == "sqlite":
+            return os.path.join(self.storage, "index.sqlite")
+        return self.index
+
+    @property
+    def index_shared(self) -> bool:
+        """Whether the index is a server's (shared with other nodes), not a file."""
+        from storage import is_url
+
+        return is_url(self.index_path)
+
+    @property
+    def node(self) -> str:
+        return self.node_id if self.node_id is not None else default_node_id(self.storage)
 
 
 class ConfigError(Exception):
@@ -120,6 +158,14 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_node_id(storage: str) -> str:
+    """This machine's host name and a digest of the storage root's absolute path: stable
+    across restarts, different for two nodes on one machine (they cannot share a root)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "node"
+    digest = hashlib.sha256(os.path.abspath(storage).encode()).hexdigest()[:8]
+    return f"{host[:48].lstrip('.-_') or 'node'}-{digest}"
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -135,6 +181,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> NodeConfig:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML: {_one_line(exc)}") from None
+    if os.environ.get(INDEX_ENV):
+        raw["index"] = os.environ[INDEX_ENV]
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         config = msgspec.convert(raw, NodeConfig)
@@ -166,6 +214,12 @@ def validate(config: NodeConfig) -> None:
     for title in config.require_calling_aet:
         ae_title_bytes(title, "require-calling-aet")
     allowed_networks(config)
+    proxy_networks(config)
+    if config.node_id is not None and not _NODE_ID.fullmatch(config.node_id):
+        raise ConfigError(f"node-id: {config.node_id!r} is not 1 to 64 letters, digits, '.', '_' or '-' "
+                          "(starting with a letter or digit)", "node-id",
+                          "1 to 64 letters, digits, '.', '_' or '-'")
+    _check_index(config.index_path)
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls-cert and tls-key must be given together")
     if config.tls_ca is not None and config.tls_cert is None:
@@ -225,21 +279,46 @@ def ae_table(config: NodeConfig) -> dict[str, tuple[str, int]]:
     return table
 
 
+def _check_index(location: str) -> None:
+    """A URL must be one a catalog serves (its text is never printed: it may hold a
+    password); a path is SQLite's and is checked when opened."""
+    from storage import POSTGRES_SCHEMES, is_url
+
+    if is_url(location):
+        scheme = location.split("://", 1)[0].lower()
+        if scheme not in POSTGRES_SCHEMES:
+            raise ConfigError(f"index: {scheme}:// is not an index location (sqlite, a path, or postgresql://...)",
+                              "index", f"{scheme}:// is not an index location")
+
+
+def _networks(texts: list[str], key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{key}: {text!r} is not an address or network (e.g. 10.1.0.0/16)"
+            ) from None
+    return networks
+
+
 def allowed_networks(
     config: NodeConfig,
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
     """``allow-address`` as networks for engine.aio.ServerConfig; None admits everyone."""
     if not config.allow_address:
         return None
-    networks = []
-    for text in config.allow_address:
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"allow-address: {text!r} is not an address or network (e.g. 10.1.0.0/16)"
-            ) from None
-    return networks
+    return _networks(config.allow_address, "allow-address")
+
+
+def proxy_networks(
+    config: NodeConfig,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """``proxy-protocol-from`` as networks; None when no balancer is configured."""
+    if not config.proxy_protocol_from:
+        return None
+    return _networks(config.proxy_protocol_from, "proxy-protocol-from")
 
 
 def ssl_context(config: NodeConfig) -> ssl.SSLContext | None:

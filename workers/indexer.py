@@ -1,4 +1,5 @@
-"""An indexer process: follows its workers' journal segments into the SQLite index.
+"""An indexer process: follows its workers' journal segments into the index (SQLite, or
+the PostgreSQL index the nodes of a cluster share, as this node's rows).
 
 Theory of operation: the journal is the index queue. Indexer ``j`` of ``M`` owns the
 segments of workers ``k`` with ``k % M == j`` (named ``w<k>-<pid>-<ns>``,
@@ -129,7 +130,9 @@ class Indexer:
         self.shard = spec.index
         self.shards = cfg.indexers
         self.root = cfg.storage
-        self.index = open_catalog(cfg.index_path)
+        # A shared index is connected to on first use, and again after a failure: an
+        # indexer starts, and keeps its place, while the database is down.
+        self.index = open_catalog(cfg.index_path, node=cfg.node, lazy=True)
         #: Every batch is decided against the files (storage/_integrity.py).
         self.files = FileCheck(cfg.storage, cfg.duplicates)
         self.sel = selectors.DefaultSelector()

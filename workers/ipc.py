@@ -40,6 +40,7 @@ __all__ = [
     "Spec",
     "Attach",
     "Stop",
+    "Drain",
     "Ready",
     "WorkerStats",
     "IndexerStats",
@@ -83,6 +84,11 @@ class Stop(msgspec.Struct, tag=True):
     """Stop gracefully (drain, flush, exit 0)."""
 
 
+class Drain(msgspec.Struct, tag=True):
+    """(To a worker) refuse new associations from now on; serve the open ones as usual.
+    A :class:`Stop` follows."""
+
+
 class Ready(msgspec.Struct, tag=True):
     """The child is serving; ``segment`` names a worker's journal segment."""
 
@@ -123,7 +129,7 @@ class ListenerStats(msgspec.Struct, tag=True, kw_only=True):
     handed: list[int] = []
 
 
-Control = Union[Spec, Attach, Stop, Ready, WorkerStats, IndexerStats, ListenerStats]
+Control = Union[Spec, Attach, Stop, Drain, Ready, WorkerStats, IndexerStats, ListenerStats]
 
 _control_encoder = msgspec.msgpack.Encoder()
 _control_decoder = msgspec.msgpack.Decoder(Control)

@@ -1,4 +1,4 @@
-"""What operators see: node-wide counters, the periodic summary and ``/metrics``.
+"""What operators see: node-wide counters, the periodic summary, ``/metrics`` and ``/health``.
 
 Theory of operation: every child sends its cumulative counters to the supervisor once a
 second over its control socket (:class:`~workers.ipc.WorkerStats` ...). The supervisor
@@ -11,24 +11,45 @@ the Prometheus exposition served by the supervisor alone -- no per-process files
 (and frames) beyond each segment's indexed offset, per indexer (the journal is the
 index queue, so this is the one measure of how far the index is behind).
 
-The collector runs in prometheus-client's HTTP thread; the supervisor's loop updates
-the numbers; a lock keeps each scrape consistent.
+With an index shared by several nodes (PostgreSQL) the offsets are this node's rows of
+``journal_progress``, read through one lazily connected catalog kept for the purpose;
+while the database is unreachable the last offsets read stand (the lag then grows with
+every record journalled). Every lag series carries the ``node`` label, so a cluster's
+nodes can be told apart wherever their metrics meet.
+
+``/health`` says whether the node wants new associations, for a load balancer's health
+checks: 200 with ``{"status": "ready", ...}`` once every process is up and while a
+listener and at least one worker run; 503 with ``starting``, ``degraded`` (no listener
+or no worker running just now), ``draining`` (from the moment SIGTERM arrives: it
+refuses new associations and finishes the open ones) or ``stopping``.
+
+The HTTP server is a small threaded WSGI server of this module's: ``/health`` is
+answered here, everything else by prometheus-client's exposition. The supervisor's loop
+updates the numbers; a lock keeps each scrape consistent.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import socketserver
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from storage import CatalogError, open_catalog, segment_names, segment_path
+from storage import CatalogError, is_url, open_catalog, segment_names, segment_path
 
 from .indexer import segment_worker
 from .ipc import LATENCY_BUCKETS, IndexerStats, ListenerStats, WorkerStats
 
-__all__ = ["NodeMetrics", "NodeCollector", "index_lag", "format_bytes"]
+__all__ = ["NodeMetrics", "NodeCollector", "index_lag", "format_bytes", "start_metrics_server", "HEALTH_STATES"]
+
+#: What ``/health`` reports; only ``ready`` is answered 200.
+HEALTH_STATES = ("starting", "ready", "degraded", "draining", "stopping")
 
 _WORKER_COUNTERS = ("instances", "bytes", "failures", "associations", "rejected")
 _INDEXER_COUNTERS = ("indexed", "batches", "retired", "commit_errors", "polls")
@@ -72,17 +93,20 @@ def _count_frames(path: str, start: int, size: int) -> int:
     return count
 
 
-def index_lag(root: str, index_path: str, indexers: int = 1) -> dict[int, tuple[int, int]]:
+def index_lag(root: str, index_path: str | None = None, indexers: int = 1, *,
+              progress: Mapping[str, int] | None = None) -> dict[int, tuple[int, int]]:
     """``{indexer: (records, bytes)}`` journalled but not yet in the index, for each of
-    ``indexers`` (segments of worker ``k`` are indexer ``k % indexers``'s)."""
+    ``indexers`` (segments of worker ``k`` are indexer ``k % indexers``'s). The indexed
+    offsets are ``progress`` when given, else read from the SQLite index at ``index_path``."""
     lag = {j: (0, 0) for j in range(indexers)}
-    progress: dict[str, int] = {}
-    if os.path.exists(index_path):
-        try:
-            with open_catalog(index_path, read_only=True, timeout_s=_CATALOG_WAIT_S) as catalog:
-                progress = catalog.journal_progress()
-        except CatalogError:
-            pass  # no index yet (or busy): everything journalled counts as lag
+    if progress is None:
+        progress = {}
+        if index_path is not None and os.path.exists(index_path):
+            try:
+                with open_catalog(index_path, read_only=True, timeout_s=_CATALOG_WAIT_S) as catalog:
+                    progress = catalog.journal_progress()
+            except CatalogError:
+                pass  # no index yet (or busy): everything journalled counts as lag
     for name in segment_names(root):
         worker = segment_worker(name)
         if worker is None:
@@ -102,11 +126,24 @@ def index_lag(root: str, index_path: str, indexers: int = 1) -> dict[int, tuple[
 class NodeMetrics:
     """Counters of every slot, surviving restarts (see module doc)."""
 
-    def __init__(self, root: str, index_path: str, indexers: int = 1) -> None:
+    def __init__(self, root: str, index_path: str, indexers: int = 1, node: str = "") -> None:
         self.root = root
         self.index_path = index_path
         self.nindexers = indexers
+        #: This node's id (the ``node`` label).
+        self.node = node
         self.lock = threading.Lock()
+        #: The node's life, for /health (one of HEALTH_STATES; set by the supervisor).
+        self.state = "starting"
+        #: Processes running now, for /health (set by the supervisor).
+        self.running_workers = 0
+        self.listening = False
+        # A shared index is read through one catalog kept open (module doc).
+        self._shared = None
+        self._progress: dict[str, int] = {}
+        if is_url(index_path):
+            self._shared = open_catalog(index_path, node=node, read_only=True, lazy=True,
+                                        timeout_s=_CATALOG_WAIT_S)
         self.workers: dict[int, WorkerStats] = {}
         self.worker_base: dict[int, dict[str, float]] = {}
         self.latency_base: dict[int, list[int]] = {}
@@ -184,10 +221,35 @@ class NodeMetrics:
         with self.lock:
             if now - self._lag_at < _LAG_CACHE_S:
                 return self._lag
-        lag = index_lag(self.root, self.index_path, self.nindexers)
+        if self._shared is not None:
+            try:
+                self._progress = self._shared.journal_progress()
+            except CatalogError:
+                pass  # unreachable: the last offsets read stand
+            lag = index_lag(self.root, None, self.nindexers, progress=self._progress)
+        else:
+            lag = index_lag(self.root, self.index_path, self.nindexers)
         with self.lock:
             self._lag, self._lag_at = lag, now
         return lag
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and JSON body of ``/health`` (module doc)."""
+        with self.lock:
+            state = self.state
+            if state == "ready" and not (self.listening and self.running_workers):
+                state = "degraded"
+            body = {
+                "status": state,
+                "node": self.node,
+                "workers": self.running_workers,
+                "active_associations": sum(w.active for w in self.workers.values()),
+            }
+        return (200 if state == "ready" else 503), body
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
 
     def summary(self) -> str:
         """The periodic summary line: rates since the previous call, gauges, lag."""
@@ -255,14 +317,19 @@ class NodeMetrics:
             yield polls
             yield pending
             lag_records = GaugeMetricFamily("scpfleet_index_lag_records", "Journalled records not yet indexed",
-                                            labels=["indexer"])
+                                            labels=["node", "indexer"])
             lag_bytes = GaugeMetricFamily("scpfleet_index_lag_bytes", "Journal bytes not yet indexed",
-                                          labels=["indexer"])
+                                          labels=["node", "indexer"])
             for slot, (records, nbytes) in sorted(lag.items()):
-                lag_records.add_metric([str(slot)], records)
-                lag_bytes.add_metric([str(slot)], nbytes)
+                lag_records.add_metric([self.node, str(slot)], records)
+                lag_bytes.add_metric([self.node, str(slot)], nbytes)
             yield lag_records
             yield lag_bytes
+            ready = GaugeMetricFamily("scpfleet_ready", "1 while /health says ready (taking associations)",
+                                      labels=["node"])
+            ready.add_metric([self.node], 1 if self.state == "ready" and self.listening and self.running_workers
+                             else 0)
+            yield ready
             yield CounterMetricFamily("scpfleet_connections_accepted", "TCP connections accepted",
                                       value=self.accepted_base + self.listener.accepted)
             restarts = CounterMetricFamily("scpfleet_process_restarts", "Child processes restarted",
@@ -303,11 +370,39 @@ class NodeCollector:
         return self.metrics.families()
 
 
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes and health checks every second would drown the node's log
+
+
 def start_metrics_server(metrics: NodeMetrics, host: str, port: int) -> tuple[Any, int]:
-    """Serve ``/metrics`` in a daemon thread; returns (server, bound port)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """Serve ``/metrics`` and ``/health`` in a daemon thread; returns (server, bound
+    port). Needs prometheus-client (ImportError otherwise)."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(metrics))  # type: ignore[arg-type]
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    exposition = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/health":
+            code, body = metrics.health()
+            data = json.dumps(body).encode()
+            start_response("200 OK" if code == 200 else "503 Service Unavailable",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                            ("Cache-Control", "no-store")])
+            return [data]
+        return exposition(environ, start_response)
+
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (_Server,), {"address_family": family})
+    server = server_class((host, port), _Quiet)
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return server, server.server_port

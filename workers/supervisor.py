@@ -17,11 +17,22 @@ worker. Workers and indexers share no channel (an indexer follows its workers'
 journal segments), so neither needs anything when the other restarts. A dead worker's
 admission slot is zeroed before its successor starts.
 
-SIGTERM or SIGINT stops the node: the listener first (no new connections), then the
-workers (stores in flight finish within ``drain-timeout``), then the indexers; last,
-with every child gone, the supervisor replays the journals once more so the index holds
-everything that was acknowledged, and exits 0. A second signal kills the children at
-once (the final replay still runs).
+With an index shared by the nodes of a cluster (a ``postgresql://`` URL) the database
+is not on the path of a C-STORE: at start the replay is tried a few times
+(:data:`_INDEX_START_TRIES`) and, when the database cannot be reached, the node starts
+anyway -- its indexers follow the journals from the progress the database holds once
+it is back, and the files a crash left unjournalled are reconciled at the next stop or
+start that reaches it.
+
+SIGTERM or SIGINT stops the node. ``/health`` says ``draining`` at once. With
+``drain-delay``, the workers first refuse new associations (A-ASSOCIATE-RJ, transient)
+while the open ones go on as usual and the listener still accepts, for at least that
+long (a load balancer's health checks take the node out meanwhile) and until no
+association is open, within ``drain-timeout``. Then the listener stops (no new
+connections), then the workers (stores in flight finish within ``drain-timeout``), then
+the indexers; last, with every child gone, the supervisor replays the journals once
+more so the index holds everything that was acknowledged, and exits 0. A second signal
+kills the children at once (the final replay still runs).
 """
 
 from __future__ import annotations
@@ -44,9 +55,11 @@ import msgspec
 from storage import (
     CatalogCorrupt,
     CatalogError,
+    CatalogUnavailable,
     FileCheck,
     journal_dir,
     open_catalog,
+    redact_url,
     replay,
     retire,
     sweep_temp,
@@ -55,6 +68,7 @@ from storage import (
 from .config import NodeConfig
 from .ipc import (
     Attach,
+    Drain,
     IndexerStats,
     ListenerStats,
     Ready,
@@ -99,6 +113,12 @@ _INDEXER_STOP_S = 30.0
 _WORKER_STOP_MARGIN_S = 10.0
 # A SIGKILLed process is gone in milliseconds; this only bounds a stuck kernel.
 _KILLED_EXIT_S = 5.0
+# A shared index that cannot be reached at start is tried this many times, this long
+# apart, before the node starts without it (its indexers catch up from the journals).
+_INDEX_START_TRIES = 3
+_INDEX_START_PAUSE_S = 2.0
+# While draining before the stop, how often open associations are counted.
+_DRAIN_POLL_S = 0.2
 
 
 class StartupError(Exception):
@@ -140,8 +160,9 @@ def _describe_exit(rc: int) -> str:
 class Supervisor:
     def __init__(self, config: NodeConfig, ready_file: str | None = None) -> None:
         root = os.path.abspath(config.storage)
+        index = config.index_path if config.index_shared else os.path.abspath(config.index_path)
         self.config = msgspec.structs.replace(
-            config, storage=root, index=os.path.abspath(config.index_path), workers=config.worker_count
+            config, storage=root, index=index, workers=config.worker_count, node_id=config.node
         )
         self.root = root
         #: Replay and recovery decide records against the files (storage/_integrity.py).
@@ -153,8 +174,9 @@ class Supervisor:
         self.indexers: dict[int, _Child] = {}
         self.listener: _Child | None = None
         self.stopping = False
+        self.draining = False
         self.forced = False
-        self.metrics = NodeMetrics(root, self.config.index_path, self.nindexers)
+        self.metrics = NodeMetrics(root, self.config.index_path, self.nindexers, self.config.node)
         self.metrics_server: Any = None
         self.metrics_port: int | None = None
         self.lock_fd = -1
@@ -183,19 +205,16 @@ class Supervisor:
             since = unclean_since(self.root)
             if self._set_aside_corrupt_index():
                 since = 0.0  # rebuild: index every instance file on disk
-            with open_catalog(cfg.index_path) as index:
-                replayed = replay(self.root, index, files=self.files)
-                retired = retire(self.root, index, ())
-                reconciled = reconcile(self.root, index, since, files=self.files) if since is not None else 0
+            replayed, retired, reconciled = self._recover_index(since)
             self._remove_stale_locks()
         except (OSError, ValueError) as exc:
             raise StartupError(f"storage {self.root}: recovery failed: {exc}") from None
         except Exception as exc:  # CatalogError and the journal's errors
-            raise StartupError(f"index {cfg.index_path}: recovery failed: {exc}") from None
+            raise StartupError(f"index {redact_url(cfg.index_path)}: recovery failed: {exc}") from None
         if swept or replayed or retired or reconciled:
             log.info("recovered %s: %d temporary file(s) removed, %d record(s) replayed into the index, "
                      "%d journal segment(s) retired, %d unjournalled file(s) indexed",
-                     self.root, swept, replayed, len(retired), reconciled)
+                     self.root, swept, replayed, retired, reconciled)
         self.lsock = self._bind(cfg.host, cfg.port)
         self.address = self.lsock.getsockname()[:2]
         self.slots = SharedSlots.create(self.nworkers)
@@ -209,6 +228,37 @@ class Supervisor:
             except OSError as exc:
                 raise StartupError(f"metrics {cfg.metrics_host}:{cfg.metrics_port}: {exc.strerror or exc}") from None
 
+    def _open_index(self) -> Any:
+        return open_catalog(self.config.index_path, node=self.config.node)
+
+    def _recover_index(self, since: float | None) -> tuple[int, int, int]:
+        """Replay the journals into the index, retire the finished segments, reconcile
+        after an unclean stop: (records replayed, segments retired, files indexed). A
+        shared index that stays unreachable over :data:`_INDEX_START_TRIES` tries is
+        left to the indexers (module doc); other catalog errors raise."""
+        tries = _INDEX_START_TRIES if self.config.index_shared else 1
+        where = redact_url(self.config.index_path)
+        for attempt in range(1, tries + 1):
+            try:
+                with self._open_index() as index:
+                    replayed = replay(self.root, index, files=self.files)
+                    retired = retire(self.root, index, ())
+                    reconciled = reconcile(self.root, index, since, files=self.files) if since is not None else 0
+                return replayed, len(retired), reconciled
+            except CatalogUnavailable as exc:
+                if tries == 1:
+                    raise
+                if attempt < tries:
+                    log.warning("index %s unreachable (%s); trying again in %.0f s (%d of %d)",
+                                where, exc, _INDEX_START_PAUSE_S, attempt, tries)
+                    time.sleep(_INDEX_START_PAUSE_S)
+                else:
+                    log.warning("index %s unreachable (%s): serving without it; the indexers carry the "
+                                "journals into it once it is back", where, exc)
+        if since is not None:
+            self._unclean_since = since  # reconciled at the stop (or the next start)
+        return 0, 0, 0
+
     def _set_aside_corrupt_index(self) -> bool:
         """Move an index file the catalog does not open as one (garbage, a destroyed
         header: :class:`storage.CatalogCorrupt`) to ``<index>.corrupt-<timestamp>`` so
@@ -216,7 +266,7 @@ class Supervisor:
         Other errors (locked, unreadable, damage deeper in a valid file) are left to
         fail recovery with their own one-line message."""
         path = self.config.index_path
-        if not os.path.exists(path):
+        if self.config.index_shared or not os.path.exists(path):
             return False
         try:
             open_catalog(path).close()
@@ -410,7 +460,15 @@ class Supervisor:
                 rec.segment = message.segment
                 self._on_ready(rec)
 
+    def _update_health(self) -> None:
+        """The process counts /health judges by (metrics.NodeMetrics.health)."""
+        self.metrics.running_workers = sum(1 for w in self.workers.values() if w.alive and w.ready)
+        self.metrics.listening = self.listener is not None and self.listener.alive and self.listener.ready
+
     def _on_ready(self, rec: _Child) -> None:
+        self._update_health()
+        if rec.role == "worker" and self.draining:
+            self._send(rec, Drain())
         if self._all_ready.is_set():
             log.info("%s restarted (pid %d)", rec.name, rec.popen.pid)
             self._write_ready_file()
@@ -447,6 +505,7 @@ class Supervisor:
                     loop.create_task(self._after_worker_crash(rec.segment, died))
         if rec.exited is not None and not rec.exited.done():
             rec.exited.set_result(rc)
+        self._update_health()
         if self.stopping:
             level = logging.INFO if rc == 0 or self.forced else logging.WARNING
             log.log(level, "%s (pid %d) %s", rec.name, rec.popen.pid, _describe_exit(rc))
@@ -466,6 +525,13 @@ class Supervisor:
     def _on_signal(self, signum: int) -> None:
         if not self._stop.is_set():
             log.info("%s received: stopping", signal.Signals(signum).name)
+            if self.config.drain_delay > 0 and self._all_ready.is_set():
+                # The workers refuse new associations before /health says so.
+                self.draining = True
+                for worker in self.workers.values():
+                    if worker.alive:
+                        self._send(worker, Drain())
+            self.metrics.state = "draining"
             self._stop.set()
         elif not self.forced:
             log.warning("%s received again: killing the children now", signal.Signals(signum).name)
@@ -485,7 +551,8 @@ class Supervisor:
             "aet": self.config.aet,
             "metrics_port": self.metrics_port,
             "storage": self.root,
-            "index": self.config.index_path,
+            "index": redact_url(self.config.index_path),
+            "node": self.config.node,
             "workers": {str(k): c.popen.pid for k, c in sorted(self.workers.items()) if c.alive},
             "indexers": {str(j): c.popen.pid for j, c in sorted(self.indexers.items()) if c.alive},
             "listener": self.listener.popen.pid if self.listener is not None and self.listener.alive else None,
@@ -516,7 +583,7 @@ class Supervisor:
     def _crash_cleanup(self, live: list[int], died: float) -> None:
         try:
             removed = sweep_orphan_temp(self.root, live, died)
-            with open_catalog(self.config.index_path) as index:
+            with self._open_index() as index:
                 count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files)
         except Exception as exc:  # the next start reconciles again
             log.warning("cleaning up after the dead worker failed: %s", exc)
@@ -544,6 +611,8 @@ class Supervisor:
             loop.close()
             if self.metrics_server is not None:
                 self.metrics_server.shutdown()
+                self.metrics_server.server_close()
+            self.metrics.close()
             if self.ready_file is not None:
                 try:
                     os.unlink(self.ready_file)
@@ -572,20 +641,45 @@ class Supervisor:
             status = 1
         summaries = None
         if self._all_ready.is_set():
+            if not self._stop.is_set():
+                self.metrics.state = "ready"
             self._write_ready_file()
             cfg = self.config
             log.info(
-                "scpfleet serving %s on %s:%d%s: %d worker(s), %d indexer(s), storage %s, durability %s%s",
+                "scpfleet serving %s on %s:%d%s: %d worker(s), %d indexer(s), storage %s, durability %s, "
+                "node %s, index %s%s",
                 cfg.aet, self.address[0], self.address[1], " (TLS)" if cfg.tls_cert else "", self.nworkers,
-                self.nindexers, self.root, cfg.durability,
+                self.nindexers, self.root, cfg.durability, cfg.node,
+                redact_url(cfg.index_path) if cfg.index_shared else "sqlite",
                 f", metrics on http://{cfg.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port else "",
             )
             summaries = loop.create_task(self._summaries())
             await stop
+            await self._drain_first()
         stop.cancel()
         if summaries is not None:
             summaries.cancel()
         return await self._shutdown(status)
+
+    async def _drain_first(self) -> None:
+        """With drain-delay (the workers refuse new associations since the signal): let
+        the open ones go on, for at least drain-delay and until none is open, within
+        drain-timeout (module doc)."""
+        cfg = self.config
+        if not self.draining or self.forced:
+            return
+        log.info("draining: new associations refused for at least %.1f s, open ones served to their end "
+                 "(at most %.0f s)", cfg.drain_delay, cfg.drain_timeout)
+        started = time.monotonic()
+        while not self.forced:
+            elapsed = time.monotonic() - started
+            if elapsed >= cfg.drain_timeout:
+                log.warning("draining: %d association(s) still open after %.0f s",
+                            int(self.metrics.totals()["active"]), elapsed)
+                return
+            if elapsed >= cfg.drain_delay and not self.metrics.totals()["active"]:
+                return
+            await asyncio.sleep(_DRAIN_POLL_S)
 
     async def _wait(self, children: list[_Child], timeout: float) -> None:
         waiting = [c.exited for c in children if c.alive and c.exited is not None]
@@ -601,6 +695,7 @@ class Supervisor:
 
     async def _shutdown(self, status: int) -> int:
         self.stopping = True
+        self.metrics.state = "stopping"
         cfg = self.config
         if self.listener is not None and self.listener.alive:
             self._send(self.listener, Stop())
@@ -620,12 +715,20 @@ class Supervisor:
                 self._send(indexer, Stop())
         await self._wait(indexers, _INDEXER_STOP_S)
         try:
-            with open_catalog(cfg.index_path) as index:
+            with self._open_index() as index:
                 replayed = replay(self.root, index, files=self.files)
                 retire(self.root, index, ())
                 if self._unclean_since is not None:
                     reconcile(self.root, index, self._unclean_since, files=self.files)
             self._remove_stale_locks()
+        except CatalogUnavailable as exc:
+            if not cfg.index_shared:
+                log.error("final index flush failed: %s", exc)
+                return 1
+            # Nothing is lost: the journal keeps it, and the next start replays it.
+            log.warning("final index flush: index %s unreachable (%s); the journal keeps what is not "
+                        "indexed for the next start", redact_url(cfg.index_path), exc)
+            return 1 if self.forced else status
         except Exception as exc:  # the journal still holds it all; the next start replays
             log.error("final index flush failed: %s", exc)
             return 1

@@ -5,7 +5,10 @@ Theory of operation: the worker wires parts; it does none of their work.
 * The listener hands this process accepted TCP connections over a ``SOCK_SEQPACKET``
   channel (one descriptor per packet); each one is given to
   :meth:`engine.aio.AssociationServer.adopt`, which does the TLS handshake when the
-  node has a certificate.
+  node has a certificate. A connection from a load balancer (``proxy-protocol-from``)
+  first has its PROXY v2 header read (:mod:`workers.proxy`, within the ACSE timeout),
+  and the client's address it names is given to ``adopt``; one from anyone else that
+  starts with a PROXY header is closed.
 * The DICOM services are the node's providers (:mod:`workers.services`, built by
   :func:`~workers.services.build_services`) over one ``storage.PosixInstanceStore``:
   each C-STORE is streamed into an upload and published per the configured durability;
@@ -21,7 +24,9 @@ Memory per association is the engine's framing buffer (about one PDU) plus one o
 file, whatever the instance size. The loop never fsyncs (the store's executor does) and
 never blocks on the index.
 
-On Stop (or SIGTERM, or the supervisor vanishing) the worker stops taking connections,
+On Drain (the node stopping behind a load balancer) the worker refuses new associations
+(2/3/2) and serves the open ones as before. On Stop (or SIGTERM, or the supervisor
+vanishing) the worker stops taking connections,
 lets stores in flight finish, aborts idle associations, refuses new ones (2/3/2), and
 after ``drain-timeout`` aborts what is left; then it closes the store (flushing what
 it holds, closing the journal and releasing its lock) and exits 0.
@@ -38,13 +43,15 @@ import socket
 from typing import Any
 
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, evt
-from engine.aio import AcceptorPolicy, AssociationServer, ServerConfig, new_event_loop
-from storage import CatalogError, PendingRequests, PosixInstanceStore, StorageConfig, open_catalog
+from engine.aio import AcceptorPolicy, AssociationServer, ServerConfig, address_allowed, new_event_loop
+from storage import CatalogError, PendingRequests, PosixInstanceStore, StorageConfig, open_catalog, redact_url
 
 from .associations import Admission, AssociationLog
-from .config import NodeConfig, ae_table, ae_title_bytes, allowed_networks, ssl_context
+from . import proxy
+from .config import NodeConfig, ae_table, ae_title_bytes, allowed_networks, proxy_networks, ssl_context
 from .ipc import (
     Attach,
+    Drain,
     Ready,
     SharedSlots,
     Spec,
@@ -106,10 +113,11 @@ def _open_catalog(cfg: NodeConfig) -> Any:
     if not (cfg.query or cfg.retrieve or cfg.commitment):
         return None
     try:
-        return open_catalog(cfg.index_path, read_only=True)
+        # A shared index is connected to on first use (and again after a failure).
+        return open_catalog(cfg.index_path, read_only=True, node=cfg.node, lazy=True)
     except CatalogError as exc:
         log.error("index %s cannot be read (%s): query, retrieve and commitment are off",
-                  cfg.index_path, exc)
+                  redact_url(cfg.index_path), exc)
         return None
 
 
@@ -150,7 +158,10 @@ class Worker:
             commitment_verify=cfg.commitment_verify,
             executor=self.query_executor,
             unknown_sop_classes=cfg.sop_classes == "any",
+            node=cfg.node if cfg.index_shared else None,
         )
+        #: Load balancers whose connections start with a PROXY v2 header (None: none).
+        self.proxy_from = proxy_networks(cfg)
         self.server = AssociationServer(
             ServerConfig(
                 policy=acceptor_policy(cfg, self.services),
@@ -199,8 +210,17 @@ class Worker:
             peer = sock.getpeername()
         except OSError:
             peer = ("?", 0)
+        relayed = None
+        if self.proxy_from is not None:
+            try:
+                relayed = await self._relayed_peer(sock, peer)
+            except proxy.ProxyError as exc:
+                log.warning("connection from %s:%s closed: %s", peer[0], peer[1], exc)
+                sock.close()
+                self.admission.slots.connection_done(self.slot)
+                return
         try:
-            assoc = await self.server.adopt(sock)
+            assoc = await self.server.adopt(sock, peer=relayed)
         except Exception as exc:  # TLS handshake failed, connection reset ...
             self.log.failed_before_association(peer, str(exc) or type(exc).__name__)
             self.admission.slots.connection_done(self.slot)
@@ -211,6 +231,20 @@ class Worker:
             self.admission.release(assoc)
             self.admission.slots.connection_done(self.slot)
             self.log.closed(assoc)
+
+    async def _relayed_peer(self, sock: socket.socket, peer: Any) -> tuple[str, int] | None:
+        """The client a balancer relays ``sock`` for (None: the socket's own peer is the
+        client, or the balancer's own LOCAL connection). Raises :class:`proxy.ProxyError`
+        for a balancer's connection without a valid header, and for a PROXY header from
+        anyone else."""
+        sock.setblocking(False)
+        timeout = self.config.acse_timeout
+        if isinstance(peer, tuple) and address_allowed(str(peer[0]), self.proxy_from):
+            header = await proxy.read_header(sock, timeout)
+            return header.source
+        if proxy.starts_like_proxy(await proxy.peek(sock, timeout)):
+            raise proxy.ProxyError("PROXY header from an address not in proxy-protocol-from")
+        return None
 
     # -- listener channel -------------------------------------------------------------------
 
@@ -254,6 +288,8 @@ class Worker:
             message, fd = got
             if isinstance(message, Stop):
                 self.request_stop()
+            elif isinstance(message, Drain):
+                self.admission.accepting = False  # new associations are refused 2/3/2
             elif isinstance(message, Attach) and fd is not None:
                 sock = socket.socket(fileno=fd)
                 if self.draining:

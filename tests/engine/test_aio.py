@@ -435,3 +435,47 @@ def test_adopted_socket_is_served():
             await server.close(grace=1.0)
 
     assert run(main) == 0x0000
+
+
+def test_adopt_with_the_real_peer_address_of_a_relay():
+    """``adopt(sock, peer=...)``: the address a relay reported is the one the allow-list
+    judges and the association, its events and its logs show."""
+    import ipaddress
+    import socket
+
+    seen: list[object] = []
+
+    async def main() -> tuple[str, int]:
+        config = server_config(handlers=evt.normalize_handlers(
+            [(evt.EVT_CONN_OPEN, lambda event: seen.append(event.address))]))
+        config.allowed_networks = [ipaddress.ip_network("192.0.2.0/24")]  # not 127.0.0.1
+        server = aio.AssociationServer(config, loop=asyncio.get_running_loop())
+        listener = socket.create_server((HOST, 0))
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        try:
+            connecting = asyncio.create_task(aio.associate(HOST, port, requestor_config()))
+            accepted, _ = await loop.sock_accept(listener)
+            served = await server.adopt(accepted, peer=("192.0.2.7", 4242))
+            assoc = await connecting
+            assert assoc.is_established
+            await assoc.release()
+            address = (served.requestor.address, served.requestor.port)
+            # Refused by the allow-list when the real peer lies outside it.
+            refused = asyncio.create_task(aio.associate(HOST, port, requestor_config()))
+            other, _ = await loop.sock_accept(listener)
+            try:
+                await server.adopt(other, peer=("198.51.100.1", 1))
+            except ConnectionRefusedError:
+                pass
+            else:
+                raise AssertionError("a peer outside the allow-list was served")
+            assert not (await refused).is_established
+            return address
+        finally:
+            listener.close()
+            await server.close(grace=1.0)
+
+    assert run(main) == ("192.0.2.7", 4242)
+    assert seen == [("192.0.2.7", 4242)]

@@ -2,10 +2,11 @@
 
 Theory of operation: each entry of :data:`IMPLEMENTATIONS` opens a fresh, empty catalog
 under a test's temporary directory (and opens the same one again, for persistence);
-every test here runs once per entry. An implementation that needs a server (a
-PostgreSQL catalog) adds an entry that skips when none is configured, and passes these
-same tests. Tests of one implementation's own features (SQLite's schema, WAL, views)
-live beside it (test_sqlite.py).
+every test here runs once per entry. The PostgreSQL catalog runs against the session's
+temporary server (tests/conftest.py), in a schema of its own per test, as node
+``node-a``. Tests of one implementation's own features (SQLite's schema, WAL, views;
+PostgreSQL's nodes, schema versions, locks) live beside it (test_sqlite.py,
+test_postgres.py).
 """
 
 from __future__ import annotations
@@ -19,16 +20,27 @@ import pytest
 from storage import FIND_KEYS, Catalog, CatalogError, IndexStats, open_catalog
 from tests.storage import record
 
-#: name -> opener(tmp_path): the catalog of that directory (the same one on every call).
-IMPLEMENTATIONS: dict[str, Callable[[Path], Catalog]] = {
-    "sqlite": lambda tmp_path: open_catalog(tmp_path / "catalog.sqlite"),
+
+def _sqlite(tmp_path: Path, request: pytest.FixtureRequest) -> Catalog:
+    return open_catalog(tmp_path / "catalog.sqlite")
+
+
+def _postgres(tmp_path: Path, request: pytest.FixtureRequest) -> Catalog:
+    url = request.getfixturevalue("postgres_url")  # one schema per test, however often opened
+    return open_catalog(url, node="node-a")
+
+
+#: name -> opener(tmp_path, request): the test's catalog (the same one on every call).
+IMPLEMENTATIONS: dict[str, Callable[[Path, pytest.FixtureRequest], Catalog]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
 }
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Catalog]:
     factory = IMPLEMENTATIONS[request.param]
-    return lambda: factory(tmp_path)
+    return lambda: factory(tmp_path, request)
 
 
 @pytest.fixture

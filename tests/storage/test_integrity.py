@@ -2,7 +2,8 @@
 
 Theory of operation: unit tests of :class:`Generations`, :class:`FileCheck` and
 :func:`resolve` on real files in a temporary root; then the catalog applying batches
-of racing copies in every order; then a Hypothesis state machine that runs the real
+of racing copies in every order (SQLite, and PostgreSQL with another node's row of the
+same instance beside them); then a Hypothesis state machine that runs the real
 writer, journals, SQLite catalog and recovery through interleavings of receive,
 publish (rename), journal, index, crash, and checks after every step that once the node
 settles -- the journals of live workers written, every journal replayed, recovery run
@@ -35,6 +36,7 @@ from storage import (
     InstanceWriter,
     JournalWriter,
     SqliteCatalog,
+    open_catalog,
     StoreRefused,
     read_file_meta,
     replay,
@@ -140,13 +142,23 @@ def test_resolve_replay_of_the_row_writes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("order", ["current-last", "current-first", "split"])
-def test_catalog_applies_racing_copies_to_describe_the_file(tmp_path: Path, order: str) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_catalog_applies_racing_copies_to_describe_the_file(
+    tmp_path: Path, order: str, kind: str, request: pytest.FixtureRequest
+) -> None:
     """Two indexers (two connections) applying the journals of two workers in any
-    order: the row ends as the copy on disk (the data-integrity bug of the first round)."""
+    order: the row ends as the copy on disk (the data-integrity bug of the first round).
+    On PostgreSQL, another node's row of the same instance is never touched."""
     a, b = copies(tmp_path)
     files = FileCheck(tmp_path)
-    path = tmp_path / "index.sqlite"
-    with SqliteCatalog(path) as one, SqliteCatalog(path) as two:
+    if kind == "sqlite":
+        location: str | Path = tmp_path / "index.sqlite"
+    else:
+        location = request.getfixturevalue("postgres_url")
+    with open_catalog(location, node="n1") as one, open_catalog(location, node="n1") as two:
+        if kind == "postgresql":
+            with open_catalog(location, node="n2") as other:
+                other.apply([a])  # the same UID on another node: its own file, its own row
         if order == "current-last":
             one.apply([a], files=files)
             two.apply([b], files=files)
@@ -156,6 +168,9 @@ def test_catalog_applies_racing_copies_to_describe_the_file(tmp_path: Path, orde
         else:
             one.apply([b, a], files=files)
         assert one.get(b.sop_instance_uid) == b
+    if kind == "postgresql":
+        with open_catalog(location, node="n2") as other:
+            assert other.get(a.sop_instance_uid) == a
     # Without the file check, the last applied wins: what the bug looked like.
     with SqliteCatalog(tmp_path / "unchecked.sqlite") as plain:
         plain.apply([b])

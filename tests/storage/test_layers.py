@@ -1,5 +1,6 @@
 """The layering rules, read from the source: storage imports neither the engine nor the
-node, and only the SQLite catalog imports ``sqlite3`` (tests may, to inspect databases)."""
+node, only the SQLite catalog imports ``sqlite3`` and only the PostgreSQL catalog
+``psycopg`` (tests may, to inspect databases)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def test_only_the_sqlite_catalog_imports_sqlite3() -> None:
         if "sqlite3" in imported_modules(path)
     ]
     assert importers == ["storage/_sqlite.py"]
+
+
+def test_only_the_postgresql_catalog_imports_its_driver() -> None:
+    """In the node's packages; the benchmarks and tests talk to PostgreSQL from outside."""
+    importers = [
+        str(path.relative_to(REPO))
+        for package in ("engine", "storage", "workers")
+        for path in sources(package)
+        if "psycopg" in imported_modules(path)
+    ]
+    assert importers == ["storage/_postgres.py"]

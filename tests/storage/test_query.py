@@ -62,7 +62,7 @@ CORPUS = _corpus()
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
-    with IMPLEMENTATIONS[request.param](tmp_path) as opened:
+    with IMPLEMENTATIONS[request.param](tmp_path, request) as opened:
         opened.apply(CORPUS)
         yield opened
 
@@ -90,7 +90,8 @@ def _row_matches(rec: InstanceRecord, match: Match) -> bool:
     return False
 
 
-def reference(records: list[InstanceRecord], query: CatalogQuery) -> list[dict[str, Any]]:
+def reference(records: list[InstanceRecord], query: CatalogQuery, node: str = "") -> list[dict[str, Any]]:
+    """What ``query`` answers over ``records``, all stored by ``node`` ('' names none)."""
     key = query.key
     groups: dict[Any, list[InstanceRecord]] = {}
     for rec in records:
@@ -116,6 +117,8 @@ def reference(records: list[InstanceRecord], query: CatalogQuery) -> list[dict[s
                 row[name] = sorted({r.modality for r in rows if r.modality})
             elif name == "sop_classes":
                 row[name] = sorted({r.sop_class_uid for r in rows})
+            elif name == "nodes":
+                row[name] = [node] if node else []
         out.append(row)
     return out
 
@@ -135,7 +138,7 @@ def everything(cursor: QueryCursor, page: int) -> list[dict[str, Any]]:
 
 
 def check(catalog: Catalog, query: CatalogQuery, pages: tuple[int, ...] = (1, 3, 1000)) -> list[dict[str, Any]]:
-    expected = reference(CORPUS, query)
+    expected = reference(CORPUS, query, getattr(catalog, "node", "") or "")
     for page in pages:
         assert everything(catalog.query(query), page) == expected, (query, page)
     return expected
@@ -302,4 +305,4 @@ def matches(draw: st.DrawFn) -> Match:
 @given(level=st.sampled_from(LEVELS), conditions=st.lists(matches(), max_size=3), page=st.integers(1, 7))
 def test_random_queries_agree_with_the_reference(catalog: Catalog, level: str, conditions: list[Match], page: int) -> None:
     query = CatalogQuery(level, tuple(conditions), AGGREGATES[level])
-    assert everything(catalog.query(query), page) == reference(CORPUS, query)
+    assert everything(catalog.query(query), page) == reference(CORPUS, query, getattr(catalog, "node", "") or "")

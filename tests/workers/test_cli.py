@@ -119,3 +119,51 @@ def test_bad_allow_address_one_line_exit_2(tmp_path: Path):
     assert "allow-address" in str(info.value)
     done = scpfleet("serve", "--storage", str(tmp_path / "s"), "--allow-address", "300.1.2.3")
     _one_line_error(done, "allow-address")
+
+
+# ------------------------------------------------------------------------------ a cluster's options
+
+
+def test_index_node_and_balancer_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("SCPFLEET_INDEX", raising=False)
+    assert load_config(None, {"index": "sqlite"}).index_path.endswith("index.sqlite")
+    assert not load_config(None, {}).index_shared
+    config = load_config(None, {"index": "postgresql://scpfleet@db.example:5432/pacs", "node-id": "ct-room.2",
+                                "proxy-protocol-from": ["10.0.0.5/32"], "drain-delay": 3.0})
+    assert config.index_shared and config.node == "ct-room.2" and config.drain_delay == 3.0
+    # The default node id: the host's name and the storage root, so two nodes of one
+    # machine differ, and one node keeps its id over restarts.
+    one, two = load_config(None, {"storage": "/srv/a"}).node, load_config(None, {"storage": "/srv/b"}).node
+    assert one != two and one == load_config(None, {"storage": "/srv/a"}).node
+    for bad, word in (({"index": "mysql://x/y"}, "index"), ({"node-id": "two words"}, "node-id"),
+                      ({"proxy-protocol-from": ["balancer"]}, "proxy-protocol-from"),
+                      ({"drain-delay": -1.0}, "drain-delay")):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, bad)
+        assert word in str(info.value)
+
+
+def test_the_index_from_the_environment_and_no_password_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "node.toml"
+    path.write_text('index = "postgresql://from-file@db/pacs"\n')
+    monkeypatch.setenv("SCPFLEET_INDEX", "postgresql://scpfleet:s3cret@127.0.0.1:1/pacs")
+    assert load_config(str(path), {}).index == "postgresql://scpfleet:s3cret@127.0.0.1:1/pacs"  # env over file
+    assert load_config(str(path), {"index": "sqlite"}).index == "sqlite"  # flag over env
+    import os
+
+    env = {**os.environ, "SCPFLEET_INDEX": "postgresql://scpfleet:s3cret@127.0.0.1:1/pacs"}
+    import subprocess
+    import sys
+
+    from tests.workers.nodes import REPO
+
+    done = subprocess.run([sys.executable, "-m", "workers.cli", "serve", "--check-config"], capture_output=True,
+                          text=True, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["index"] == "postgresql://scpfleet:***@127.0.0.1:1/pacs" and "s3cret" not in done.stdout
+    assert shown["node-id"]
+    failed = subprocess.run([sys.executable, "-m", "workers.cli", "stats"], capture_output=True, text=True,
+                            cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert failed.returncode == 1 and "s3cret" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

@@ -34,3 +34,22 @@ def test_index_lag_per_indexer_from_journal_sizes_and_progress(tmp_path):
         "0": 2, "1": 2
     }
     assert "scpfleet_index_queue_bytes" not in families
+
+
+def test_health_follows_the_node_s_life(tmp_path):
+    from workers.ipc import WorkerStats
+
+    metrics = NodeMetrics(str(tmp_path), os.path.join(str(tmp_path), "index.sqlite"), 1, node="n1")
+    assert metrics.health() == (503, {"status": "starting", "node": "n1", "workers": 0, "active_associations": 0})
+    metrics.state, metrics.running_workers, metrics.listening = "ready", 2, True
+    metrics.update("worker", 0, WorkerStats(active=3))
+    assert metrics.health() == (200, {"status": "ready", "node": "n1", "workers": 2, "active_associations": 3})
+    metrics.listening = False  # the listener restarting: nobody accepts
+    assert metrics.health()[1]["status"] == "degraded" and metrics.health()[0] == 503
+    metrics.listening = True
+    metrics.state = "draining"
+    assert metrics.health()[0] == 503 and metrics.health()[1]["status"] == "draining"
+    families = {f.name: f for f in metrics.families()}
+    assert [s.value for s in families["scpfleet_ready"].samples] == [0]
+    lag = families["scpfleet_index_lag_records"].samples
+    assert {s.labels["node"] for s in lag} == {"n1"}

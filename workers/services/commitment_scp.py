@@ -15,7 +15,11 @@ Theory of operation, for one request (PS3.4 J.3.2, J.3.3):
    with the size recorded (else 0110), and, with ``verify``, do the data set bytes
    still have the recorded digest (``sha256``, or ``xxh3-128`` when the optional
    ``xxhash`` module is installed; else 0110)? Unknown instances fail 0112, a SOP
-   class UID that is not a UID 0122. Files are read in an executor thread.
+   class UID that is not a UID 0122. Files are read in an executor thread. In an index
+   shared by the nodes of a cluster (``node`` given), an instance that only another
+   node holds is committed on the index's word (that node indexed it once its file
+   was durable; its file cannot be looked at from here), and with ``verify`` it fails
+   0110, its digest not being checkable here.
 3. **N-EVENT-REPORT-RQ** with event type 1 (all committed) or 2 (some failed, in the
    Failed SOP Sequence with their Failure Reasons), Transaction UID and the Referenced
    SOP Sequence of the committed ones (J.3.3.1). It goes on the N-ACTION's association
@@ -58,7 +62,9 @@ from engine.services import Request, ServiceRegistry
 from storage import (
     Catalog,
     CatalogError,
+    CatalogQuery,
     InstanceRecord,
+    Match,
     InstanceStore,
     PendingEntry,
     PendingError,
@@ -285,8 +291,11 @@ class CommitmentSCP:
         grace_s: float = 10.0,
         executor: concurrent.futures.Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
         self.catalog = catalog
+        #: This node's id in a shared index (module doc); None: every row is ours.
+        self.node = node
         self.store = store
         self.pending = pending
         self.ae_table = ae_table
@@ -361,7 +370,7 @@ class CommitmentSCP:
                 failed[index] = status.NO_SUCH_OBJECT_INSTANCE
             else:
                 wanted.setdefault(sop_instance, []).append(index)
-        records = await self._records(list(wanted))
+        records, elsewhere = await self._records(list(wanted))
         checks: list[tuple[int, InstanceRecord]] = []
         for uid, indexes in wanted.items():
             record = records.get(uid)
@@ -370,6 +379,10 @@ class CommitmentSCP:
                     failed[index] = status.NO_SUCH_OBJECT_INSTANCE
                 elif record.sop_class_uid != commitment.references[index][0]:
                     failed[index] = status.CLASS_INSTANCE_CONFLICT
+                elif uid in elsewhere:
+                    if self.verify:  # another node's file: its digest cannot be checked here
+                        log.warning("commitment: %s is held by node %s: not verifiable here", uid, elsewhere[uid])
+                        failed[index] = status.PROCESSING_FAILURE
                 else:
                     checks.append((index, record))
         if checks:
@@ -383,16 +396,26 @@ class CommitmentSCP:
         failures = [(*commitment.references[i], failed[i]) for i in sorted(failed)]
         return Decision([tuple(ref) for ref in committed], failures)  # type: ignore[misc]
 
-    async def _records(self, uids: list[str]) -> dict[str, InstanceRecord]:
-        """The catalog's records of ``uids``, waiting up to ``grace_s`` for missing ones."""
+    async def _records(self, uids: list[str]) -> tuple[dict[str, InstanceRecord], dict[str, str]]:
+        """The catalog's records of ``uids``, waiting up to ``grace_s`` for missing ones,
+        and (in a shared index) those only another node holds, with that node."""
         found: dict[str, InstanceRecord] = {}
+        elsewhere: dict[str, str] = {}
         missing = uids
         deadline = self.clock() + self.grace_s
         pause = _FIRST_LOOK_S
         while missing:
             try:
-                for record in self.catalog.find({"sop_instance_uid": missing}):
-                    found[record.sop_instance_uid] = record
+                if self.node is None:
+                    for record in self.catalog.find({"sop_instance_uid": missing}):
+                        found[record.sop_instance_uid] = record
+                else:
+                    loop = asyncio.get_running_loop()
+                    rows = await loop.run_in_executor(self.executor, self._cluster_rows, missing)
+                    for record, nodes in rows:
+                        found[record.sop_instance_uid] = record
+                        if self.node not in nodes:
+                            elsewhere[record.sop_instance_uid] = nodes[0] if nodes else "?"
             except CatalogError as exc:
                 log.warning("commitment: catalog: %s", exc)
             missing = [uid for uid in missing if uid not in found]
@@ -401,7 +424,21 @@ class CommitmentSCP:
                 break
             await asyncio.sleep(min(pause, deadline - now))
             pause = min(pause * 2, _LONGEST_LOOK_S)
-        return found
+        return found, elsewhere
+
+    def _cluster_rows(self, uids: list[str]) -> list[tuple[InstanceRecord, list[str]]]:
+        """Every node's rows of ``uids`` (this node's first), with the nodes holding each."""
+        query = CatalogQuery("IMAGE", (Match("sop_instance_uid", "equal", tuple(uids)),), frozenset({"nodes"}))
+        cursor = self.catalog.query(query)
+        out = []
+        try:
+            while page := cursor.fetch(1000):
+                for row in page:
+                    nodes = row.pop("nodes")
+                    out.append((InstanceRecord(**row), nodes))
+        finally:
+            cursor.close()
+        return out
 
     # -- reporting ----------------------------------------------------------------------
 

@@ -104,12 +104,15 @@ def build_services(
     commitment_grace_s: float = 10.0,
     executor: concurrent.futures.Executor | None = None,
     unknown_sop_classes: bool = True,
+    node: str | None = None,
 ) -> NodeServices:
     """Verification and Storage over ``store``; with a ``catalog``, also Query
     (C-FIND), Retrieve (C-GET, C-MOVE) and Storage Commitment, each unless switched
     off. Commitment needs ``pending`` (where requests are kept). ``ae_table`` names
     the AEs the node may reach (C-MOVE destinations, commitment requestors);
-    ``outbound`` how it reaches them (default: calling AE ``called_ae``).
+    ``outbound`` how it reaches them (default: calling AE ``called_ae``). ``node``:
+    this node's id when ``catalog`` is shared with other nodes (their instances are
+    found by C-FIND, failed by C-GET/C-MOVE, and committed on the index's word).
     ``unknown_sop_classes``: also accept (as storage) SOP classes not in pydicom's
     dictionary -- a vendor's private classes, classes newer than the dictionary."""
     table = _ae_table(ae_table)
@@ -123,14 +126,15 @@ def build_services(
         if query:
             providers.append(FindSCP(catalog, retrieve_ae=called_ae, executor=executor))
         if retrieve:
-            providers.append(GetSCP(catalog, store, executor=executor))
-            providers.append(MoveSCP(catalog, store, ae_table=table, outbound=outbound, executor=executor))
+            providers.append(GetSCP(catalog, store, executor=executor, node=node))
+            providers.append(MoveSCP(catalog, store, ae_table=table, outbound=outbound, executor=executor,
+                                     node=node))
         if commitment:
             if pending is None:
                 raise ValueError("Storage Commitment needs pending (where its requests are kept)")
             commitment_scp = CommitmentSCP(catalog, store, pending, ae_table=table, outbound=outbound,
                                            verify=commitment_verify, grace_s=commitment_grace_s,
-                                           executor=executor)
+                                           executor=executor, node=node)
             providers.append(commitment_scp)
     registry = ServiceRegistry()
     contexts: list[PresentationContext] = []

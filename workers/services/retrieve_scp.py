@@ -18,6 +18,12 @@ on an association of the engine, which streams the Part 10 file's data set as st
   More SOP classes than fit one association's 128 contexts take several associations,
   one after the other.
 
+In an index shared by the nodes of a cluster (``node`` given), an instance that only
+other nodes hold cannot be sent from here (its file is on another machine): its
+sub-operation fails, it is listed in the Failed SOP Instance UID List, and the log says
+which node holds it. Retrieve it from that node (its own port), not through the
+balancer. Instances this node holds are sent as usual, whatever else the request names.
+
 After each sub-operation a pending response reports the Number of Remaining,
 Completed, Failed and Warning Sub-operations. A C-CANCEL-RQ stops at the next
 sub-operation (FE00). The final response is 0000 when every sub-operation succeeded,
@@ -135,11 +141,14 @@ class _Retrieve:
         *,
         executor: concurrent.futures.Executor | None = None,
         page_rows: int = PAGE_ROWS,
+        node: str | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.executor = executor
         self.page_rows = page_rows
+        #: This node's id in a shared index (module doc); None: every row is ours.
+        self.node = node
         self.accepting = True
 
     def contexts(self) -> list[PresentationContext]:
@@ -170,16 +179,25 @@ class _Retrieve:
             log.info("%s: retrieve refused: %s", request.association.peer_label(), exc.comment)
             return Reply(exc.status, exc.comment, fields=exc.reply_fields() or None)
         items: list[Item] = []
-        rows = Rows(self.catalog.query(plan.query), self.page_rows, self.executor)
+        query = plan.query
+        if self.node is not None:
+            query = msgspec.structs.replace(query, aggregates=frozenset({"nodes"}))
+        elsewhere: dict[str, int] = {}
+        rows = Rows(self.catalog.query(query), self.page_rows, self.executor)
         try:
             async for page in rows.pages():
                 for row in page:
+                    nodes = row.pop("nodes", None)
                     record = InstanceRecord(**row)
-                    try:
-                        path = self.store.path_of(record)
-                    except StorageError as exc:
-                        log.error("%s: %s", record.sop_instance_uid, exc)
-                        path = ""
+                    if nodes and self.node not in nodes:
+                        path = ""  # another node's file: a failed sub-operation
+                        elsewhere[nodes[0]] = elsewhere.get(nodes[0], 0) + 1
+                    else:
+                        try:
+                            path = self.store.path_of(record)
+                        except StorageError as exc:
+                            log.error("%s: %s", record.sop_instance_uid, exc)
+                            path = ""
                     items.append(Item(record.sop_instance_uid, record.sop_class_uid,
                                       record.transfer_syntax_uid, path))
                 if len(items) > MAX_SUBOPERATIONS:
@@ -195,6 +213,10 @@ class _Retrieve:
             return Reply(STATUS_CATALOG_FAILED, "catalog row unreadable")
         finally:
             rows.close()
+        if elsewhere:
+            log.warning("%s: retrieve names instance(s) held only by other nodes, failed here (retrieve "
+                        "them from the node holding them): %s", request.association.peer_label(),
+                        ", ".join(f"{count} on {node}" for node, count in sorted(elsewhere.items())))
         return items
 
     async def retrieve(self, request: Request, model: Model, identifier: bytes) -> Any:
