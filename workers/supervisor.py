@@ -1,10 +1,9 @@
 """The supervisor: the process ``scpfleet serve`` runs as; starts, watches and stops the rest.
 
 Theory of operation: before any child exists the supervisor takes the storage root's
-lock (``<root>/.lock``, inherited by every child, so it is held while any process of
-the node lives), removes temporary files left by a crash (``storage.sweep_temp``),
-replays every journal segment into the index (``storage.replay``) and deletes the
-finished ones (``storage.retire``). Only then does it bind the listening socket and
+lock and brings the root and its index back in line (:mod:`workers.startup`: temporary
+files of a crash removed, journals replayed and retired, unjournalled files indexed, a
+corrupt index set aside and rebuilt). Only then does it bind the listening socket and
 start M indexers, N workers and one listener, each a fresh interpreter
 (:mod:`workers._spawn`) given its descriptors with ``pass_fds``; ``/metrics`` is served
 from here (:mod:`workers.metrics`).
@@ -38,7 +37,6 @@ kills the children at once (the final replay still runs).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -53,16 +51,12 @@ from typing import Any
 import msgspec
 
 from storage import (
-    CatalogCorrupt,
-    CatalogError,
     CatalogUnavailable,
     FileCheck,
     journal_dir,
-    open_catalog,
     redact_url,
     replay,
     retire,
-    sweep_temp,
 )
 
 from .config import NodeConfig
@@ -80,7 +74,8 @@ from .ipc import (
     send_control,
 )
 from .metrics import NodeMetrics, start_metrics_server
-from .recovery import PUBLISH_MARGIN_S, reconcile, sweep_orphan_temp, unclean_since
+from .recovery import PUBLISH_MARGIN_S, reconcile, sweep_orphan_temp
+from .startup import RootStartup, StartupError
 
 __all__ = ["Supervisor", "StartupError"]
 
@@ -89,9 +84,6 @@ log = logging.getLogger("scpfleet.supervisor")
 # Connections the kernel queues while no listener accepts (a burst of modalities during
 # a restart): well above what a node's listener falls behind by.
 _BACKLOG = 1024
-# How long a new node waits for the previous one's processes to release the storage
-# root (a stopping node drains for drain-timeout).
-_LOCK_WAIT_S = 30.0
 # Children report Ready in well under a second; this only catches a broken install.
 _READY_TIMEOUT_S = 60.0
 # Restart back-off: a child that lived this long is restarted at once, one that keeps
@@ -113,16 +105,8 @@ _INDEXER_STOP_S = 30.0
 _WORKER_STOP_MARGIN_S = 10.0
 # A SIGKILLed process is gone in milliseconds; this only bounds a stuck kernel.
 _KILLED_EXIT_S = 5.0
-# A shared index that cannot be reached at start is tried this many times, this long
-# apart, before the node starts without it (its indexers catch up from the journals).
-_INDEX_START_TRIES = 3
-_INDEX_START_PAUSE_S = 2.0
 # While draining before the stop, how often open associations are counted.
 _DRAIN_POLL_S = 0.2
-
-
-class StartupError(Exception):
-    """The node cannot start; the message is one line."""
 
 
 class _Child:
@@ -167,6 +151,8 @@ class Supervisor:
         self.root = root
         #: Replay and recovery decide records against the files (storage/_integrity.py).
         self.files = FileCheck(root, self.config.duplicates)
+        #: The storage root's lock and its recovery before any child starts.
+        self.startup = RootStartup(self.config, self.files)
         self.ready_file = os.path.abspath(ready_file) if ready_file else None
         self.nworkers = self.config.worker_count
         self.nindexers = self.config.indexers
@@ -194,27 +180,8 @@ class Supervisor:
     def prepare(self) -> None:
         """Lock the root, recover it, bind the port; raises StartupError."""
         cfg = self.config
-        try:
-            os.makedirs(self.root, exist_ok=True)
-            self.lock_fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise StartupError(f"storage {self.root}: {exc.strerror or exc}") from None
-        self._lock_root()
-        try:
-            swept = sweep_temp(self.root)
-            since = unclean_since(self.root)
-            if self._set_aside_corrupt_index():
-                since = 0.0  # rebuild: index every instance file on disk
-            replayed, retired, reconciled = self._recover_index(since)
-            self._remove_stale_locks()
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"storage {self.root}: recovery failed: {exc}") from None
-        except Exception as exc:  # CatalogError and the journal's errors
-            raise StartupError(f"index {redact_url(cfg.index_path)}: recovery failed: {exc}") from None
-        if swept or replayed or retired or reconciled:
-            log.info("recovered %s: %d temporary file(s) removed, %d record(s) replayed into the index, "
-                     "%d journal segment(s) retired, %d unjournalled file(s) indexed",
-                     self.root, swept, replayed, retired, reconciled)
+        self.lock_fd = self.startup.lock()
+        self._unclean_since = self.startup.recover()
         self.lsock = self._bind(cfg.host, cfg.port)
         self.address = self.lsock.getsockname()[:2]
         self.slots = SharedSlots.create(self.nworkers)
@@ -227,93 +194,6 @@ class Supervisor:
                 raise StartupError("metrics-port needs prometheus-client (pip install 'scpfleet[metrics]')") from None
             except OSError as exc:
                 raise StartupError(f"metrics {cfg.metrics_host}:{cfg.metrics_port}: {exc.strerror or exc}") from None
-
-    def _open_index(self) -> Any:
-        return open_catalog(self.config.index_path, node=self.config.node)
-
-    def _recover_index(self, since: float | None) -> tuple[int, int, int]:
-        """Replay the journals into the index, retire the finished segments, reconcile
-        after an unclean stop: (records replayed, segments retired, files indexed). A
-        shared index that stays unreachable over :data:`_INDEX_START_TRIES` tries is
-        left to the indexers (module doc); other catalog errors raise."""
-        tries = _INDEX_START_TRIES if self.config.index_shared else 1
-        where = redact_url(self.config.index_path)
-        for attempt in range(1, tries + 1):
-            try:
-                with self._open_index() as index:
-                    replayed = replay(self.root, index, files=self.files)
-                    retired = retire(self.root, index, ())
-                    reconciled = reconcile(self.root, index, since, files=self.files) if since is not None else 0
-                return replayed, len(retired), reconciled
-            except CatalogUnavailable as exc:
-                if tries == 1:
-                    raise
-                if attempt < tries:
-                    log.warning("index %s unreachable (%s); trying again in %.0f s (%d of %d)",
-                                where, exc, _INDEX_START_PAUSE_S, attempt, tries)
-                    time.sleep(_INDEX_START_PAUSE_S)
-                else:
-                    log.warning("index %s unreachable (%s): serving without it; the indexers carry the "
-                                "journals into it once it is back", where, exc)
-        if since is not None:
-            self._unclean_since = since  # reconciled at the stop (or the next start)
-        return 0, 0, 0
-
-    def _set_aside_corrupt_index(self) -> bool:
-        """Move an index file the catalog does not open as one (garbage, a destroyed
-        header: :class:`storage.CatalogCorrupt`) to ``<index>.corrupt-<timestamp>`` so
-        recovery rebuilds it from the journals and the files on disk; True when it did.
-        Other errors (locked, unreadable, damage deeper in a valid file) are left to
-        fail recovery with their own one-line message."""
-        path = self.config.index_path
-        if self.config.index_shared or not os.path.exists(path):
-            return False
-        try:
-            open_catalog(path).close()
-            return False
-        except CatalogCorrupt as exc:
-            reason = exc
-        except CatalogError:
-            return False
-        aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(path, aside)
-        for suffix in ("-wal", "-shm"):
-            try:
-                os.replace(path + suffix, aside + suffix)
-            except FileNotFoundError:
-                pass
-        log.warning("index %s is corrupt (%s): moved to %s; rebuilding it from the journals and the "
-                    "files in %s", path, reason, aside, self.root)
-        return True
-
-    def _lock_root(self) -> None:
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        told = False
-        while True:
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StartupError(f"storage {self.root} is in use by another scpfleet node") from None
-                if not told:
-                    log.info("waiting for the processes of a previous node using %s to exit", self.root)
-                    told = True
-                time.sleep(0.1)
-
-    def _remove_stale_locks(self) -> None:
-        directory = journal_dir(self.root)
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return
-        logs = {n[:-4] for n in names if n.endswith(".log")}
-        for name in names:
-            if name.endswith(".lock") and name[:-5] not in logs:
-                try:
-                    os.unlink(os.path.join(directory, name))
-                except FileNotFoundError:
-                    pass
 
     def _bind(self, host: str, port: int) -> socket.socket:
         try:
@@ -583,7 +463,7 @@ class Supervisor:
     def _crash_cleanup(self, live: list[int], died: float) -> None:
         try:
             removed = sweep_orphan_temp(self.root, live, died)
-            with self._open_index() as index:
+            with self.startup.open_index() as index:
                 count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files)
         except Exception as exc:  # the next start reconciles again
             log.warning("cleaning up after the dead worker failed: %s", exc)
@@ -715,12 +595,12 @@ class Supervisor:
                 self._send(indexer, Stop())
         await self._wait(indexers, _INDEXER_STOP_S)
         try:
-            with self._open_index() as index:
+            with self.startup.open_index() as index:
                 replayed = replay(self.root, index, files=self.files)
                 retire(self.root, index, ())
                 if self._unclean_since is not None:
                     reconcile(self.root, index, self._unclean_since, files=self.files)
-            self._remove_stale_locks()
+            self.startup.remove_stale_locks()
         except CatalogUnavailable as exc:
             if not cfg.index_shared:
                 log.error("final index flush failed: %s", exc)
