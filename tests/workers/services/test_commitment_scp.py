@@ -149,14 +149,20 @@ def test_damaged_and_truncated_files(copy_of_filled: Path, corpus: list[Instance
 
 def test_short_association_gets_its_report_on_a_new_one(copy_of_filled: Path, corpus: list[Instance],
                                                          tmp_path: Path, listeners: list[Listener]) -> None:
+    """The SCU releases right after the N-ACTION-RSP; the report goes on a new
+    association. One reference is to an instance never stored, so the decision waits out
+    the grace (2 s): the release has surely happened by then, whatever the load."""
     listener = Listener(tmp_path, "SCU1")
     listeners.append(listener)
-    with QRNode(copy_of_filled, ae_table={"SCU1": ("127.0.0.1", listener.port)}) as node:
-        out = commit(node, tmp_path, "1.2.3.103", refs(corpus[:3]), early=True)
+    missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.103103"]
+    with QRNode(copy_of_filled, ae_table={"SCU1": ("127.0.0.1", listener.port)},
+                commitment_grace_s=2.0) as node:
+        out = commit(node, tmp_path, "1.2.3.103", refs(corpus[:3]) + [missing], early=True)
         assert out["action_status"] == 0 and out["reports"] == []
         (report,) = listener.reports()
-        assert (report["via"], report["event_type"], report["transaction"]) == ("new", 1, "1.2.3.103")
+        assert (report["via"], report["event_type"], report["transaction"]) == ("new", 2, "1.2.3.103")
         assert sorted(map(tuple, report["committed"])) == sorted(map(tuple, refs(corpus[:3])))
+        assert [tuple(f[:2]) for f in report["failed"]] == [tuple(missing)]
         deadline = time.monotonic() + 10
         while node.pending_commitments() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -166,21 +172,26 @@ def test_short_association_gets_its_report_on_a_new_one(copy_of_filled: Path, co
 def test_answered_after_a_restart(copy_of_filled: Path, corpus: list[Instance], tmp_path: Path,
                                   listeners: list[Listener]) -> None:
     """A report the first node could not deliver (the SCU left, its AE unknown) is kept;
-    the next node over the same storage root delivers it."""
-    with QRNode(copy_of_filled) as node:
-        out = commit(node, tmp_path, "1.2.3.104", refs(corpus[:2]), aet="SCU2", early=True)
-        assert out["action_status"] == 0
+    the next node over the same storage root delivers it. One reference is to an instance
+    never stored, so the first node's decision waits out its grace (2 s): by then the SCU
+    has surely released, and the report cannot go on its association."""
+    missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.104104"]
+    references = refs(corpus[:2]) + [missing]
+    with QRNode(copy_of_filled, commitment_grace_s=2.0) as node:
+        out = commit(node, tmp_path, "1.2.3.104", references, aet="SCU2", early=True)
+        assert out["action_status"] == 0 and out["reports"] == []
         deadline = time.monotonic() + 10
         while node.pending_commitments() != ["1.2.3.104"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(1.0)  # the decision (grace 0.5 s) and the failed delivery
+        time.sleep(3.0)  # the decision (grace 2 s) and the failed delivery
         assert node.pending_commitments() == ["1.2.3.104"]
     listener = Listener(tmp_path, "SCU2")
     listeners.append(listener)
     with QRNode(copy_of_filled, ae_table={"SCU2": ("127.0.0.1", listener.port)}) as node:
         (report,) = listener.reports()
-        assert (report["via"], report["event_type"], report["transaction"]) == ("new", 1, "1.2.3.104")
+        assert (report["via"], report["event_type"], report["transaction"]) == ("new", 2, "1.2.3.104")
         assert sorted(map(tuple, report["committed"])) == sorted(map(tuple, refs(corpus[:2])))
+        assert [tuple(f[:2]) for f in report["failed"]] == [tuple(missing)]
         deadline = time.monotonic() + 10
         while node.pending_commitments() and time.monotonic() < deadline:
             time.sleep(0.05)
