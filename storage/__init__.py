@@ -13,7 +13,7 @@ Implementation Class UID and Version Name of the files come in the
 :class:`PosixInstanceStore` (:mod:`._posix`) is the store: an :class:`InstanceWriter`
 (:mod:`._writer`) streams each instance into a Part 10 file (:mod:`._part10`) while a
 :class:`MetadataExtractor` (:mod:`._meta`) reads the few attributes that name and
-index it; a :class:`Publisher` makes it durable and visible and appends its
+index it and a content digest (:mod:`._digest`: XXH3-128 or SHA-256) hashes it; a :class:`Publisher` makes it durable and visible and appends its
 :class:`InstanceRecord` (:mod:`._record`) to the writer's journal segment
 (:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
 and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
@@ -29,6 +29,7 @@ in; nothing is read from module globals. Errors raised on purpose derive from
 :class:`StorageError`.
 """
 
+from ._digest import DEFAULT_DIGEST, DIGEST_ALGORITHMS, new_digest
 from ._journal import (
     JournalError,
     JournalReader,
@@ -132,6 +133,9 @@ __all__ = [
     "FileMeta",
     "build_file_meta",
     "read_file_meta",
+    "new_digest",
+    "DIGEST_ALGORITHMS",
+    "DEFAULT_DIGEST",
     "InstanceWriter",
     "Publisher",
     "DurableDirs",

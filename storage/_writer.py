@@ -4,8 +4,8 @@ Theory of operation: the network core hands over a C-STORE's command and then it
 set as fragments; this module decides everything about files. An
 :class:`InstanceWriter` streams one instance into a temporary file under
 ``<root>/.tmp/`` -- File Meta Information first (PS3.10 7.1), then the data set bytes
-exactly as received -- while a :class:`~storage.MetadataExtractor` and a SHA-256 digest
-watch them go by. Nothing is ever buffered whole.
+exactly as received -- while a :class:`~storage.MetadataExtractor` and the configured
+content digest (:mod:`storage._digest`) watch them go by. Nothing is ever buffered whole.
 
 Publishing is three steps so a caller can batch them: :meth:`InstanceWriter.finish`
 validates (the data set must be the instance the command announced, with valid Study
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import hashlib
 import os
 import re
 import secrets
@@ -40,6 +39,7 @@ from typing import Literal
 import msgspec
 
 from ._journal import JournalError, JournalWriter
+from ._digest import DEFAULT_DIGEST, DIGEST_ALGORITHMS, DigestAlgorithm, new_digest
 from ._meta import MetadataExtractor
 from ._part10 import StorageError, build_file_meta
 from ._integrity import Generations
@@ -113,6 +113,10 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     - ``max_meta_inflate``: data set bytes the metadata extractor examines at most
       (after inflation when deflated); see :class:`~storage.MetadataExtractor`.
     - ``file_mode`` / ``dir_mode``: permissions of new files and directories.
+    - ``digest``: the content digest of every data set, computed while it streams in
+      and kept in its record: ``"xxh3-128"`` (fast; detects accidental corruption, not
+      tampering) or ``"sha256"`` (also tampering, when the index is trusted); see
+      :mod:`storage._digest`.
     """
 
     root: str
@@ -125,6 +129,7 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_meta_inflate: int = 1 << 20
     file_mode: int = 0o640
     dir_mode: int = 0o750
+    digest: DigestAlgorithm = DEFAULT_DIGEST
 
     def __post_init__(self) -> None:
         if self.durability not in ("fsync", "batch", "none"):
@@ -137,6 +142,8 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"implementation_class_uid is not a UID: {self.implementation_class_uid!r}")
         if self.max_meta_inflate < 1:
             raise ValueError("max_meta_inflate must be positive")
+        if self.digest not in DIGEST_ALGORITHMS:
+            raise ValueError(f"digest must be one of {', '.join(DIGEST_ALGORITHMS)}, not {self.digest!r}")
         build_file_meta("1", "1", "1", self.implementation_class_uid, self.implementation_version_name)
 
 
@@ -226,7 +233,7 @@ class InstanceWriter:
         self._fd = -1
         self._state = _NEW
         self._size = 0
-        self._hash = hashlib.sha256()
+        self._hash = new_digest(config.digest)
         self._meta = MetadataExtractor(transfer_syntax_uid, config.max_meta_inflate)
         # (path, (st_dev, st_ino)) of the root, study and series directories.
         self._dirs: tuple[tuple[str, tuple[int, int]], ...] = ()
@@ -388,6 +395,7 @@ class InstanceWriter:
             called_ae=self.called_ae,
             received_at=float(self.received_at or 0.0),
             generation=generation,
+            digest_algorithm=config.digest,
             **meta.query_fields(),
         )
         self._state = _FINISHED

@@ -186,7 +186,8 @@ class Supervisor:
             with open_catalog(cfg.index_path) as index:
                 replayed = replay(self.root, index, files=self.files)
                 retired = retire(self.root, index, ())
-                reconciled = reconcile(self.root, index, since, files=self.files) if since is not None else 0
+                reconciled = reconcile(self.root, index, since, files=self.files,
+                                       digest_algorithm=cfg.digest) if since is not None else 0
             self._remove_stale_locks()
         except (OSError, ValueError) as exc:
             raise StartupError(f"storage {self.root}: recovery failed: {exc}") from None
@@ -517,7 +518,8 @@ class Supervisor:
         try:
             removed = sweep_orphan_temp(self.root, live, died)
             with open_catalog(self.config.index_path) as index:
-                count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files)
+                count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files,
+                                  digest_algorithm=self.config.digest)
         except Exception as exc:  # the next start reconciles again
             log.warning("cleaning up after the dead worker failed: %s", exc)
             return
@@ -624,7 +626,8 @@ class Supervisor:
                 replayed = replay(self.root, index, files=self.files)
                 retire(self.root, index, ())
                 if self._unclean_since is not None:
-                    reconcile(self.root, index, self._unclean_since, files=self.files)
+                    reconcile(self.root, index, self._unclean_since, files=self.files,
+                              digest_algorithm=cfg.digest)
             self._remove_stale_locks()
         except Exception as exc:  # the journal still holds it all; the next start replays
             log.error("final index flush failed: %s", exc)

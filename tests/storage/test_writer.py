@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import pydicom
 import pytest
+import xxhash
 
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import (
@@ -34,6 +35,7 @@ from storage import (
     StoreRefused,
     WriterStateError,
     is_valid_uid,
+    new_digest,
     publish_now,
     read_file_meta,
     replay,
@@ -159,7 +161,9 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
     meta = read_file_meta(path)
     assert raw[meta.dataset_offset :] == data  # byte-identical data set
     assert record.size == len(raw)
-    assert record.digest == hashlib.sha256(data).hexdigest()
+    hasher = new_digest(record.digest_algorithm)
+    hasher.update(data)
+    assert record.digest == hasher.hexdigest()
     assert meta.transfer_syntax_uid == ts
     assert meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID  # the one the node advertises
     assert meta.implementation_version_name == IMPLEMENTATION_VERSION_NAME
@@ -378,6 +382,24 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
         publish_now(b)
         assert b.duplicate
     assert leftovers(tmp_path) == ([], [record.path])
+
+
+# ------------------------------------------------------------------------------ digests
+
+
+@pytest.mark.parametrize("digest", ["xxh3-128", "sha256"])
+def test_the_digest_is_the_configured_one(tmp_path: Path, digest: str) -> None:
+    config = make_config(tmp_path, digest=digest)
+    data = encode(dataset(), EXPLICIT)
+    record = publish_now(stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data))
+    expected = hashlib.sha256(data).hexdigest() if digest == "sha256" else xxhash.xxh3_128(data).hexdigest()
+    assert (record.digest_algorithm, record.digest) == (digest, expected)
+
+
+def test_the_default_digest_is_xxh3_and_no_other_is_accepted(tmp_path: Path) -> None:
+    assert make_config(tmp_path).digest == "xxh3-128"
+    with pytest.raises(ValueError):
+        make_config(tmp_path, digest="md5")
 
 
 # ------------------------------------------------------------------------------ refusals
