@@ -44,7 +44,7 @@ from ._journal import (
     segment_path,
 )
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
-from ._part10 import FileMeta, NotDicomError, StorageError, build_file_meta, read_file_meta
+from ._part10 import FileMeta, FileMetaTemplate, NotDicomError, StorageError, build_file_meta, read_file_meta
 from ._ports import (
     FIND_KEYS,
     Catalog,
@@ -132,6 +132,7 @@ __all__ = [
     "DEFLATED_TRANSFER_SYNTAXES",
     "FileMeta",
     "build_file_meta",
+    "FileMetaTemplate",
     "read_file_meta",
     "new_digest",
     "DIGEST_ALGORITHMS",

@@ -5,7 +5,17 @@ set as fragments; this module decides everything about files. An
 :class:`InstanceWriter` streams one instance into a temporary file under
 ``<root>/.tmp/`` -- File Meta Information first (PS3.10 7.1), then the data set bytes
 exactly as received -- while a :class:`~storage.MetadataExtractor` and the configured
-content digest (:mod:`storage._digest`) watch them go by. Nothing is ever buffered whole.
+content digest (:mod:`storage._digest`) watch them go by. Nothing is ever buffered
+whole: small fragments are gathered up to 64 KiB so that the File Meta and a small
+data set reach the file in one ``write``, large ones are written as they come.
+
+The steady state costs a store no system call it can avoid: temporary names come from
+a per-process counter, not from the kernel's random source; the study and series
+directories are made once per process and remembered (made again where one turns out
+to be gone); their identity is examined (``stat``) only when the durability syncs
+them; the File Meta of a (SOP class, transfer syntax, AE titles) is encoded once.
+What is left per instance: open, write, the generation stamp, close, rename and the
+journal append.
 
 Publishing is three steps so a caller can batch them: :meth:`InstanceWriter.finish`
 validates (the data set must be the instance the command announced, with valid Study
@@ -30,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import itertools
 import os
 import re
 import secrets
@@ -41,7 +52,7 @@ import msgspec
 from ._journal import JournalError, JournalWriter
 from ._digest import DEFAULT_DIGEST, DIGEST_ALGORITHMS, DigestAlgorithm, new_digest
 from ._meta import MetadataExtractor
-from ._part10 import StorageError, build_file_meta
+from ._part10 import FileMetaTemplate, StorageError, build_file_meta
 from ._integrity import Generations
 from ._ports import Refusal, StoreRefused
 from ._record import InstanceRecord
@@ -159,6 +170,16 @@ def _write_all(fd: int, view: memoryview) -> None:
         done += n
 
 
+def _writev_all(fd: int, first: bytearray, second: memoryview) -> None:
+    """Write ``first`` then ``second`` with one ``writev(2)`` (and ``write`` for any rest)."""
+    done = os.writev(fd, (first, second))
+    if done < len(first):
+        _write_all(fd, memoryview(first)[done:])
+        _write_all(fd, second)
+    elif done < len(first) + len(second):
+        _write_all(fd, second[done - len(first):])
+
+
 def fsync_dir(path: str) -> None:
     """fsync a directory so the entries created in it survive power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -190,7 +211,49 @@ def sweep_temp(root: str | os.PathLike[str], min_age_s: float = 0.0) -> int:
     return removed
 
 
+# Per-process memory of what the writers of this process already know, so that the
+# steady state costs no system call and no re-validation per instance. Each is bounded
+# (peer-chosen values key them): past the bound it is emptied, which only costs the
+# work it saves.
+_CACHE_MAX = 1 << 16
+#: (root, study UID, series UID) -> (study directory, series directory): UIDs already checked
+#: and directories this process made or found (mkdir'ed once, not per instance). A
+#: directory removed behind our back is made again when a rename or link into it fails
+#: with ENOENT (:meth:`InstanceWriter._commit`).
+_SERIES_DIRS: dict[tuple[str, str, str], tuple[str, str]] = {}
+#: (SOP Class UID, transfer syntax, calling AE, called AE, implementation class UID and
+#: version name) -> File Meta template: the constant parts of group 0002, built once
+#: (the SOP class and transfer syntax UIDs checked then).
+_META_TEMPLATES: dict[tuple[str, ...], FileMetaTemplate] = {}
+
+
+class _TempNames:
+    """Temporary file names without a system call: ``<pid>-<random>-<counter>.part``.
+
+    The random part is drawn once per process (and again in a forked child), so a
+    restarted worker that gets a dead one's pid never meets its leftovers' names; a
+    clash is still handled by ``O_EXCL`` and the next number.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = f"{os.getpid()}-{secrets.token_hex(4)}-"
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter)}.part"
+
+
+_TEMP_NAMES = _TempNames()
+os.register_at_fork(after_in_child=_TEMP_NAMES.reset)
+
 _NEW, _OPEN, _FINISHED, _PUBLISHED, _ABORTED = range(5)
+#: Data set bytes gathered before a write(2): the File Meta and the first fragments of
+#: a small instance go to the file in one call, larger fragments are written as they
+#: come (with whatever was gathered, in one writev(2)), never copied.
+_COALESCE = 64 * 1024
 
 
 class InstanceWriter:
@@ -205,6 +268,12 @@ class InstanceWriter:
     ``received_at`` (Unix time) is the caller's; when omitted, :meth:`begin` reads the
     clock.
     """
+
+    __slots__ = (
+        "config", "sop_class_uid", "sop_instance_uid", "transfer_syntax_uid", "calling_ae",
+        "called_ae", "received_at", "refused", "duplicate", "record", "final_path", "temp_path",
+        "_fd", "_state", "_size", "_hash", "_meta", "_pending", "_dirs", "_series", "_made",
+    )
 
     def __init__(
         self,
@@ -235,8 +304,15 @@ class InstanceWriter:
         self._size = 0
         self._hash = new_digest(config.digest)
         self._meta = MetadataExtractor(transfer_syntax_uid, config.max_meta_inflate)
-        # (path, (st_dev, st_ino)) of the root, study and series directories.
+        #: Bytes gathered and not yet written (File Meta first), or None.
+        self._pending: bytearray | None = None
+        #: (path, (st_dev, st_ino)) of the study and series directories, when the
+        #: durability syncs them (see :class:`DurableDirs`); empty otherwise.
         self._dirs: tuple[tuple[str, tuple[int, int]], ...] = ()
+        #: (study directory, series directory) once :meth:`finish` formed them.
+        self._series: tuple[str, str] | None = None
+        #: True when this writer made one of them (see :meth:`_make_dirs`).
+        self._made = False
 
     @property
     def extractor(self) -> MetadataExtractor:
@@ -244,7 +320,7 @@ class InstanceWriter:
 
     @property
     def size(self) -> int:
-        """Bytes written so far, File Meta included."""
+        """Bytes received so far, File Meta included (what the file will hold)."""
         return self._size
 
     def __enter__(self) -> InstanceWriter:
@@ -267,61 +343,107 @@ class InstanceWriter:
             raise WriterStateError(f"{what} called in the wrong state")
 
     def begin(self) -> None:
-        """Check the command's UIDs, open the temporary file, write File Meta (PS3.10 7.1).
+        """Check the command's UIDs, open the temporary file, prepare File Meta (PS3.10 7.1).
 
-        The temporary file is created ``O_EXCL`` with a random name in ``<root>/.tmp``,
-        on the same file system as the final paths so publishing is a rename.
+        The temporary file is created ``O_EXCL`` in ``<root>/.tmp``, on the same file
+        system as the final paths so publishing is a rename. The File Meta is written
+        with the data set's first bytes (see :meth:`write`).
         """
         self._check(_NEW, "begin()")
         if not is_valid_uid(self.sop_instance_uid):
             raise self._refuse(Refusal.INVALID_INSTANCE_UID, f"Affected SOP Instance UID is not a UID: {self.sop_instance_uid!r}")
-        if not is_valid_uid(self.sop_class_uid):
-            raise self._refuse(Refusal.INVALID_SOP_CLASS_UID, f"Affected SOP Class UID is not a UID: {self.sop_class_uid!r}")
-        if not is_valid_uid(self.transfer_syntax_uid):
-            raise self._refuse(Refusal.UNREADABLE, f"transfer syntax is not a UID: {self.transfer_syntax_uid!r}")
-        if self.received_at is None:
-            self.received_at = time.time()
         config = self.config
-        meta = build_file_meta(
+        key = (
             self.sop_class_uid,
-            self.sop_instance_uid,
             self.transfer_syntax_uid,
+            self.calling_ae,
+            self.called_ae,
             config.implementation_class_uid,
             config.implementation_version_name,
-            _ae_or_none(self.calling_ae),
-            sending_ae_title=_ae_or_none(self.calling_ae),
-            receiving_ae_title=_ae_or_none(self.called_ae),
         )
-        temp_dir = os.path.join(config.root, TEMP_DIR)
-        temp_path = os.path.join(temp_dir, secrets.token_hex(16) + ".part")
+        template = _META_TEMPLATES.get(key)
+        if template is None:
+            if not is_valid_uid(self.sop_class_uid):
+                raise self._refuse(Refusal.INVALID_SOP_CLASS_UID, f"Affected SOP Class UID is not a UID: {self.sop_class_uid!r}")
+            if not is_valid_uid(self.transfer_syntax_uid):
+                raise self._refuse(Refusal.UNREADABLE, f"transfer syntax is not a UID: {self.transfer_syntax_uid!r}")
+            calling = _ae_or_none(self.calling_ae)
+            template = FileMetaTemplate(
+                self.sop_class_uid,
+                self.transfer_syntax_uid,
+                config.implementation_class_uid,
+                config.implementation_version_name,
+                calling,
+                sending_ae_title=calling,
+                receiving_ae_title=_ae_or_none(self.called_ae),
+            )
+            if len(_META_TEMPLATES) >= _CACHE_MAX:
+                _META_TEMPLATES.clear()
+            _META_TEMPLATES[key] = template
+        if self.received_at is None:
+            self.received_at = time.time()
+        meta = template.build(self.sop_instance_uid)
+        temp_dir = f"{config.root}/{TEMP_DIR}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            try:
-                self._fd = os.open(temp_path, flags, config.file_mode)
-            except FileNotFoundError:
-                os.makedirs(temp_dir, mode=config.dir_mode, exist_ok=True)
-                self._fd = os.open(temp_path, flags, config.file_mode)
-            # Only a file this writer created is ever unlinked by abort().
-            self.temp_path = temp_path
-            self._state = _OPEN
-            _write_all(self._fd, memoryview(meta))
+            for _ in range(3):
+                temp_path = f"{temp_dir}/{_TEMP_NAMES.next()}"
+                try:
+                    self._fd = os.open(temp_path, flags, config.file_mode)
+                    break
+                except FileNotFoundError:
+                    os.makedirs(temp_dir, mode=config.dir_mode, exist_ok=True)
+                    self._fd = os.open(temp_path, flags, config.file_mode)
+                    break
+                except FileExistsError:
+                    continue  # a leftover of an earlier process with our pid: next name
+            else:
+                raise FileExistsError(errno.EEXIST, "no free temporary name", temp_dir)
         except OSError as exc:
             raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create temporary file: {exc}", exc) from exc
+        # Only a file this writer created is ever unlinked by abort().
+        self.temp_path = temp_path
+        self._state = _OPEN
+        self._pending = meta
         self._size = len(meta)
 
     def write(self, fragment: memoryview | bytes | bytearray) -> None:
-        """Append a data set fragment as received; no copy is made."""
+        """Append a data set fragment as received.
+
+        A fragment is written at once when it is large, together with what was
+        gathered before it; a small one is gathered (copied: the caller's buffer is
+        only valid during the call) until :data:`_COALESCE` bytes, and written with the
+        next large fragment or by :meth:`finish`. Either way the digest and the
+        metadata extractor see it now.
+        """
         self._check(_OPEN, "write()")
         view = memoryview(fragment)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
+        n = len(view)
+        pending = self._pending
         try:
-            _write_all(self._fd, view)
+            if pending is None:
+                if n < _COALESCE:
+                    self._pending = bytearray(view)
+                else:
+                    _write_all(self._fd, view)
+            elif len(pending) + n <= _COALESCE:
+                pending += view
+            else:
+                self._pending = None
+                _writev_all(self._fd, pending, view)
         except OSError as exc:
             raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot write instance: {exc}", exc) from exc
         self._hash.update(view)
         self._meta.feed(view)
-        self._size += len(view)
+        self._size += n
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = None
+            _write_all(self._fd, memoryview(pending))
 
     def finish(self) -> InstanceRecord:
         """Validate the received data set, create its directories, return its record.
@@ -336,43 +458,53 @@ class InstanceWriter:
         if self._state == _FINISHED and self.record is not None:
             return self.record
         self._check(_OPEN, "finish()")
-        meta = self._meta.result
+        found = self._meta.values()
+        get = found.get
         error = self._meta.error
-        for label, found, expected in (
-            ("SOP Class UID", meta.sop_class_uid, self.sop_class_uid),
-            ("SOP Instance UID", meta.sop_instance_uid, self.sop_instance_uid),
+        for label, name, expected in (
+            ("SOP Class UID", "sop_class_uid", self.sop_class_uid),
+            ("SOP Instance UID", "sop_instance_uid", self.sop_instance_uid),
         ):
-            if found is None and error is not None:
+            value = get(name)
+            if value is None and error is not None:
                 raise self._refuse(Refusal.UNREADABLE, f"data set unreadable before its {label}: {error}")
-            if found != expected:
+            if value != expected:
                 raise self._refuse(
-                    Refusal.DATASET_MISMATCH, f"data set {label} {found!r} differs from the command's {expected!r}"
+                    Refusal.DATASET_MISMATCH, f"data set {label} {value!r} differs from the command's {expected!r}"
                 )
-        for label, uid in (("Study Instance UID", meta.study_instance_uid), ("Series Instance UID", meta.series_instance_uid)):
-            if uid is None and error is not None:
-                raise self._refuse(Refusal.UNREADABLE, f"data set unreadable before its {label}: {error}")
-            if not is_valid_uid(uid):
-                raise self._refuse(Refusal.DATASET_MISMATCH, f"{label} missing or not a UID: {uid!r}")
-        study, series = meta.study_instance_uid, meta.series_instance_uid
-        assert study is not None and series is not None  # is_valid_uid passed for both
+        study, series = get("study_instance_uid"), get("series_instance_uid")
         config = self.config
-        study_dir = os.path.join(config.root, study)
-        series_dir = os.path.join(study_dir, series)
-        relative = f"{study}/{series}/{self.sop_instance_uid}.dcm"
-        self.final_path = os.path.join(series_dir, self.sop_instance_uid + ".dcm")
-        dirs = []
+        dirs = _SERIES_DIRS.get((config.root, study, series))  # type: ignore[arg-type]
+        if dirs is None:
+            for label, uid in (("Study Instance UID", study), ("Series Instance UID", series)):
+                if uid is None and error is not None:
+                    raise self._refuse(Refusal.UNREADABLE, f"data set unreadable before its {label}: {error}")
+                if not is_valid_uid(uid):
+                    raise self._refuse(Refusal.DATASET_MISMATCH, f"{label} missing or not a UID: {uid!r}")
+            study_dir = f"{config.root}/{study}"
+            dirs = (study_dir, f"{study_dir}/{series}")
+            try:
+                self._make_dirs(dirs)
+            except OSError as exc:
+                raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
+            if len(_SERIES_DIRS) >= _CACHE_MAX:
+                _SERIES_DIRS.clear()
+            _SERIES_DIRS[(config.root, study, series)] = dirs  # type: ignore[index]
+        self._series = dirs
+        self.final_path = f"{dirs[1]}/{self.sop_instance_uid}.dcm"
         try:
-            for directory in (study_dir, series_dir):
-                try:
-                    os.mkdir(directory, config.dir_mode)
-                except FileExistsError:
-                    pass
-            for directory in (config.root, study_dir, series_dir):
-                st = os.stat(directory)
-                dirs.append((directory, (st.st_dev, st.st_ino)))
+            self._flush()
         except OSError as exc:
-            raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
-        self._dirs = tuple(dirs)
+            raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot write instance: {exc}", exc) from exc
+        if config.durability != "none":
+            try:
+                try:
+                    self._dirs = _identities(dirs)
+                except FileNotFoundError:
+                    self._make_dirs(dirs)  # removed behind our back
+                    self._dirs = _identities(dirs)
+            except OSError as exc:
+                raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
         if config.duplicate_policy != "overwrite" and os.path.lexists(self.final_path):
             self._found_duplicate()
         # The copy's generation, stamped on the file itself as its mtime before it can
@@ -385,10 +517,15 @@ class InstanceWriter:
         self.record = InstanceRecord(
             sop_instance_uid=self.sop_instance_uid,
             sop_class_uid=self.sop_class_uid,
-            study_instance_uid=study,
-            series_instance_uid=series,
+            study_instance_uid=study,  # type: ignore[arg-type]
+            series_instance_uid=series,  # type: ignore[arg-type]
+            patient_id=get("patient_id"),
+            patient_name=get("patient_name"),
+            modality=get("modality"),
+            study_date=get("study_date"),
+            instance_number=get("instance_number"),
             transfer_syntax_uid=self.transfer_syntax_uid,
-            path=relative,
+            path=f"{study}/{series}/{self.sop_instance_uid}.dcm",
             size=self._size,
             digest=self._hash.hexdigest(),
             calling_ae=self.calling_ae,
@@ -396,16 +533,46 @@ class InstanceWriter:
             received_at=float(self.received_at or 0.0),
             generation=generation,
             digest_algorithm=config.digest,
-            **meta.query_fields(),
+            study_time=get("study_time"),
+            accession_number=get("accession_number"),
+            study_id=get("study_id"),
+            study_description=get("study_description"),
+            referring_physician_name=get("referring_physician_name"),
+            patient_birth_date=get("patient_birth_date"),
+            patient_sex=get("patient_sex"),
+            series_number=get("series_number"),
+            series_description=get("series_description"),
+            body_part_examined=get("body_part_examined"),
         )
         self._state = _FINISHED
         return self.record
+
+    def _make_dirs(self, dirs: tuple[str, str]) -> None:
+        """Make the study and series directories where missing; remember if this
+        writer made one (its parents then need a sync whatever :class:`DurableDirs`
+        knows: a new directory can reuse a removed one's inode number)."""
+        mode = self.config.dir_mode
+        for directory in dirs:
+            try:
+                os.mkdir(directory, mode)
+                self._made = True
+            except FileExistsError:
+                pass
+
+    def _remade(self) -> None:
+        """The series directory was gone (removed behind our back): make it again, and
+        learn the new directories' identities so they are synced as new ones."""
+        assert self._series is not None  # set by finish()
+        self._make_dirs(self._series)
+        if self._dirs:
+            self._dirs = _identities(self._series)
 
     def abort(self) -> None:
         """Close and unlink the temporary file; never leaves a visible instance."""
         if self._state in (_PUBLISHED, _ABORTED):
             return
         self._state = _ABORTED
+        self._pending = None
         self._close_quietly()
         if self.temp_path is not None:
             try:
@@ -442,16 +609,26 @@ class InstanceWriter:
         ``rename(2)`` would silently clobber a copy stored meanwhile; the temporary name
         is then unlinked. On a file system without hard links they fall back to
         check-then-rename, which a concurrent copy of the same instance can race.
+        A series directory removed since this process made it is made again (ENOENT)
+        and the step retried once.
         """
         assert self.temp_path is not None and self.final_path is not None  # set by begin/finish
         policy = self.config.duplicate_policy
         if policy == "overwrite":
-            os.rename(self.temp_path, self.final_path)
+            try:
+                os.rename(self.temp_path, self.final_path)
+            except FileNotFoundError:
+                self._remade()
+                os.rename(self.temp_path, self.final_path)
             self._state = _PUBLISHED
             return
         if not self.duplicate:
             try:
-                os.link(self.temp_path, self.final_path)
+                try:
+                    os.link(self.temp_path, self.final_path)
+                except FileNotFoundError:
+                    self._remade()
+                    os.link(self.temp_path, self.final_path)
             except FileExistsError:
                 self._found_duplicate()
             except OSError as exc:
@@ -484,6 +661,15 @@ class InstanceWriter:
         return self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot publish instance: {exc}", exc)
 
 
+def _identities(dirs: tuple[str, str]) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """(path, (st_dev, st_ino)) of the study and series directories."""
+    out = []
+    for directory in dirs:
+        st = os.stat(directory)
+        out.append((directory, (st.st_dev, st.st_ino)))
+    return tuple(out)
+
+
 class DurableDirs:
     """Directories whose entry in their parent is known, in this process, to be synced.
 
@@ -491,9 +677,11 @@ class DurableDirs:
     series directory's entry lives in the study directory, and the study directory's in
     the root. Those two parents only need an fsync until one publish has synced them,
     so this cache remembers ``(st_dev, st_ino)`` per path: a directory deleted and made
-    again has a new inode and is synced again. Unknown means "sync", so the cache is
-    only an optimisation, shared by a :class:`Publisher`'s threads (set operations are
-    atomic under the GIL).
+    again elsewhere has a new identity and is synced again. A writer that made a
+    directory itself has all three synced whatever the cache says (the new directory
+    may have been given the removed one's inode number). Unknown means "sync", so the
+    cache is only an optimisation, shared by a :class:`Publisher`'s threads (set
+    operations are atomic under the GIL).
     """
 
     # Enough for every study and series a busy worker touches in hours; past it the
@@ -505,19 +693,21 @@ class DurableDirs:
 
     def to_sync(self, writer: InstanceWriter) -> list[str]:
         """Directories to fsync for ``writer``'s file to be durable."""
-        (root, _), study, series = writer._dirs
+        study, series = writer._dirs
+        if writer._made:
+            return [series[0], study[0], writer.config.root]
         needed = [series[0]]
         if series not in self._known:
             needed.append(study[0])
         if study not in self._known:
-            needed.append(root)
+            needed.append(writer.config.root)
         return needed
 
     def learn(self, writer: InstanceWriter) -> None:
         """``writer``'s directories were all synced."""
         if len(self._known) > self._MAX_ENTRIES:
             self._known.clear()
-        self._known.update(writer._dirs[1:])
+        self._known.update(writer._dirs)
 
 
 def publish_now(

@@ -24,6 +24,7 @@ import xxhash
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import (
     TEMP_DIR,
+    DurableDirs,
     InstanceRecord,
     InstanceWriter,
     JournalReader,
@@ -384,7 +385,7 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
     assert leftovers(tmp_path) == ([], [record.path])
 
 
-# ------------------------------------------------------------------------------ digests
+# ------------------------------------------------------------------------------ the cost of one instance
 
 
 @pytest.mark.parametrize("digest", ["xxh3-128", "sha256"])
@@ -400,6 +401,109 @@ def test_the_default_digest_is_xxh3_and_no_other_is_accepted(tmp_path: Path) -> 
     assert make_config(tmp_path).digest == "xxh3-128"
     with pytest.raises(ValueError):
         make_config(tmp_path, digest="md5")
+
+
+class CallCounter:
+    """Counts the calls of some ``os`` functions (and passes them through)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+        self.calls: dict[str, list[tuple[object, ...]]] = {name: [] for name in names}
+        for name in names:
+            real = getattr(os, name)
+
+            def counted(*args: object, _real=real, _name=name, **kw: object) -> object:
+                self.calls[_name].append(args)
+                return _real(*args, **kw)
+
+            monkeypatch.setattr(os, name, counted)
+
+    def count(self, name: str) -> int:
+        return len(self.calls[name])
+
+
+def test_a_small_instance_is_one_write_and_no_directory_call_once_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File Meta and a small data set (whatever its fragments) reach the file in one
+    write; the second instance of a series makes and examines no directory, and the
+    temporary name costs no system call."""
+    config = make_config(tmp_path, durability="none")
+    publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)))
+    calls = CallCounter(monkeypatch, "write", "writev", "mkdir", "stat", "makedirs", "urandom")
+    data = encode(dataset("1.2.3.2"), EXPLICIT)
+    record = publish_now(stream(make_writer(config, "1.2.3.2"), data, 100))
+    monkeypatch.undo()
+    assert {name: calls.count(name) for name in calls.calls} == {
+        "write": 1, "writev": 0, "mkdir": 0, "stat": 0, "makedirs": 0, "urandom": 0}
+    _check_published(tmp_path, record, data, EXPLICIT)
+
+
+def test_large_fragments_are_written_as_they_come(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The File Meta goes out with the first large fragment (one writev); later large
+    fragments are written one call each, as received; small ones are gathered."""
+    config = make_config(tmp_path, durability="none")
+    big = dataset()
+    big.PixelData = bytes(300_000)
+    data = encode(big, EXPLICIT)
+    calls = CallCounter(monkeypatch, "write", "writev")
+    writer = make_writer(config, EXPECTED.sop_instance_uid or "")
+    writer.begin()
+    pieces = fragments(data, [1 << 17, 100, 100, 1 << 17])
+    for piece in pieces:
+        writer.write(piece)
+    record = publish_now(writer)
+    monkeypatch.undo()
+    assert [len(p) for p in pieces][:4] == [1 << 17, 100, 100, 1 << 17] and len(pieces) == 5
+    # File Meta + the first large fragment; the two small ones + the second large one;
+    # the small tail, by finish().
+    assert (calls.count("writev"), calls.count("write")) == (2, 1)
+    _check_published(tmp_path, record, data, EXPLICIT)
+
+
+def test_temporary_names_are_unique_and_skip_a_leftover(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    first = stream(make_writer(config, "1.2.3.1"), b"")
+    second = stream(make_writer(config, "1.2.3.2"), b"")
+    assert first.temp_path != second.temp_path
+    name = os.path.basename(second.temp_path or "")
+    assert name.startswith(f"{os.getpid()}-") and name.endswith(".part")
+    # A leftover of an earlier process that had our pid holds the next name: skipped.
+    prefix, number = name[: -len(".part")].rsplit("-", 1)
+    (tmp_path / TEMP_DIR / f"{prefix}-{int(number) + 1}.part").write_bytes(b"old")
+    third = stream(make_writer(config, "1.2.3.3"), b"")
+    assert os.path.basename(third.temp_path or "") == f"{prefix}-{int(number) + 2}.part"
+    for writer in (first, second, third):
+        writer.abort()
+
+
+@pytest.mark.parametrize("removed", ["before finish", "after finish"])
+@pytest.mark.parametrize("policy", ["overwrite", "keep"])
+@pytest.mark.parametrize("durability", ["none", "fsync"])
+def test_a_directory_removed_behind_our_back_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, durability: str, removed: str
+) -> None:
+    """Directories are made once per process; one removed since (by an operator, a
+    cleanup) is made again where its absence shows (finish() examining it, or the
+    rename or link into it), and with a syncing durability its parents are synced
+    again, as those of new directories."""
+    config = make_config(tmp_path, durability=durability, duplicate_policy=policy)
+    durable = DurableDirs()
+    publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)), durable=durable)
+    writer = stream(make_writer(config, "1.2.3.2"), encode(dataset("1.2.3.2"), EXPLICIT))
+    if removed == "before finish":
+        shutil.rmtree(tmp_path / STUDY)
+    writer.finish()
+    if removed == "after finish":
+        shutil.rmtree(tmp_path / STUDY)
+    syncs = SyncCounter(monkeypatch)
+    second = publish_now(writer, durable=durable)
+    monkeypatch.undo()
+    assert leftovers(tmp_path) == ([], [second.path])
+    if durability == "fsync":
+        assert syncs.dirs == 3  # series, study and root: the new entries are durable
+    # and again, with the directories now known under their new identity
+    third = publish_now(stream(make_writer(config, "1.2.3.3"), encode(dataset("1.2.3.3"), EXPLICIT)), durable=durable)
+    assert leftovers(tmp_path) == ([], sorted([second.path, third.path]))
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -498,30 +602,34 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int) -> 
 
 
 @pytest.mark.parametrize(
-    "name, calls_ok, step",
+    "name, calls_ok, step, size",
     [
-        ("write", 0, "begin"),  # the File Meta write
-        ("write", 3, "write"),  # a data set fragment
-        ("mkdir", 0, "finish"),
-        ("fsync", 0, "publish"),
-        ("rename", 0, "publish"),
+        ("open", 0, "begin", 256),  # the temporary file
+        ("write", 0, "publish", 256),  # File Meta and a small data set, written by finish()
+        ("writev", 0, "write", 1 << 16),  # File Meta and the first large fragment
+        ("write", 0, "write", 1 << 16),  # a later large fragment
+        ("mkdir", 0, "publish", 256),
+        ("fsync", 0, "publish", 256),
+        ("rename", 0, "publish", 256),
     ],
 )
 def test_io_errors_refuse_with_out_of_resources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str, size: int
 ) -> None:
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, durability="fsync")
     (tmp_path / TEMP_DIR).mkdir()
-    data = encode(dataset(), EXPLICIT)
+    big = dataset()
+    big.PixelData = bytes(3 << 16)
+    data = encode(big if size > 256 else dataset(), EXPLICIT)
     writer = make_writer(config, EXPECTED.sop_instance_uid or "")
     with pytest.raises(StoreRefused) as refused:
         if step != "begin":
             stream_ok = step != "write"
             if stream_ok:
-                stream(writer, data, 256)
+                stream(writer, data, size)
             _enospc_after(monkeypatch, name, calls_ok)
             if not stream_ok:
-                stream(writer, data, 256)
+                stream(writer, data, size)
             else:
                 publish_now(writer)
         else:
