@@ -40,12 +40,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import functools
 import itertools
 import os
 import re
 import secrets
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -110,8 +112,10 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     - ``durability``:
       ``"fsync"`` -- each instance's file and directories are fsynced and its journal
       frame fdatasynced before the C-STORE is answered (survives power loss);
-      ``"batch"`` -- the same guarantee, with instances finishing within
-      ``batch_window_ms`` (or ``batch_max`` of them) committed together: one executor
+      ``"batch"`` -- the same guarantee, with the instances that finish while a group
+      commit is under way committed together as the next group (at most
+      ``batch_max``; a group starts at once when none is under way, or
+      ``batch_window_ms`` after its first instance when that is set): one executor
       job, one fsync per distinct directory, one journal fdatasync per group;
       ``"none"`` -- rename only, no syncing (survives a process crash, not power loss).
     - ``duplicate_policy`` when the final path already exists:
@@ -132,7 +136,7 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     root: str
     durability: Literal["fsync", "batch", "none"] = "fsync"
-    batch_window_ms: float = 2.0
+    batch_window_ms: float = 0.0
     batch_max: int = 256
     duplicate_policy: Literal["overwrite", "keep", "reject"] = "overwrite"
     implementation_class_uid: str
@@ -739,20 +743,80 @@ def publish_now(
     return record
 
 
+#: Threads that sync a group's files (then directories) at once: enough for the device
+#: queue to merge flushes, few enough that a worker's threads stay cheap.
+_FANOUT_THREADS = 8
+#: A group's syncs go to several threads once doing them one after the other would take
+#: longer than this: then the device can merge them, and a group takes the time of a
+#: few syncs whatever its size. Below it (small groups, fast devices, tmpfs) the hand-offs
+#: between threads would cost more CPU and time than they save.
+_PARALLEL_AFTER_S = 0.0005
+#: Weight of the latest group in the running estimate of one sync's duration.
+_SYNC_EWMA = 0.2
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class _FanOut:
+    """Runs one group's syncs (a function over a list) serially or from several threads,
+    whichever the durations seen so far say is quicker (see :data:`_PARALLEL_AFTER_S`).
+    Results keep the order of the items. Used by one group commit at a time."""
+
+    def __init__(self, threads: int = _FANOUT_THREADS) -> None:
+        self._threads = threads
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Running estimate of one sync's duration, in seconds.
+        self.sync_s = 0.0
+
+    def map(self, fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+        n = len(items)
+        started = time.perf_counter()
+        if n < 2 or n * self.sync_s < _PARALLEL_AFTER_S:
+            out = [fn(item) for item in items]
+            rounds = n
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._threads, thread_name_prefix="scpfleet-fsync"
+                )
+            k = min(self._threads, n)
+            parts = list(self._pool.map(lambda part: [fn(item) for item in part], [items[i::k] for i in range(k)]))
+            out = [None] * n  # type: ignore[list-item]
+            for i, part in enumerate(parts):
+                out[i::k] = part
+            rounds = -(-n // k)
+        if rounds:
+            self.sync_s += _SYNC_EWMA * ((time.perf_counter() - started) / rounds - self.sync_s)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
 def _commit_group(
     writers: list[InstanceWriter],
     journal: JournalWriter | None,
     durable: DurableDirs,
-    fanout: concurrent.futures.Executor | None = None,
+    fanout: _FanOut | None = None,
 ) -> list[InstanceRecord | StoreRefused]:
-    """One group commit (``batch`` durability): every file fsync, then every rename, then
-    one fsync per distinct directory, then one journal append and fdatasync. Errors are
-    per instance; a directory or journal failure refuses the instances it covers.
+    """One group commit (``batch`` durability): every file fsynced, then every rename
+    (in the order given: between copies of one instance the policy's first is the first
+    submitted), then one fsync per distinct directory, then one journal append and
+    fdatasync. Errors are per instance; a directory or journal failure refuses the
+    instances it covers. A group of one is :func:`publish_now`.
 
-    With ``fanout``, the files' fsyncs are issued concurrently from its threads, so the
-    file system can merge them into few journal commits instead of one per file.
+    With ``fanout``, the files' fsyncs and then the directories' fsyncs are issued
+    concurrently from its threads where that pays (:class:`_FanOut`), so the file system
+    can merge them into few journal commits instead of one per file or directory.
     """
-    results: list[InstanceRecord | StoreRefused | None] = [None] * len(writers)
+
+    if len(writers) == 1:
+        try:
+            return [publish_now(writers[0], journal, durable)]
+        except StoreRefused as refused:
+            return [refused]
 
     def sync_one(writer: InstanceWriter) -> StoreRefused | None:
         try:
@@ -761,10 +825,16 @@ def _commit_group(
             return writer._io_failure(exc)
         return None
 
-    if fanout is not None and len(writers) > 1:
-        results = list(fanout.map(sync_one, writers))
-    else:
-        results = [sync_one(writer) for writer in writers]
+    def sync_dir(directory: str) -> OSError | None:
+        try:
+            fsync_dir(directory)
+        except OSError as exc:
+            return exc
+        return None
+
+    results: list[InstanceRecord | StoreRefused | None] = (
+        fanout.map(sync_one, writers) if fanout is not None else [sync_one(w) for w in writers]  # type: ignore[arg-type]
+    )
     for i, writer in enumerate(writers):
         if results[i] is None:
             try:
@@ -778,11 +848,11 @@ def _commit_group(
         if results[i] is None and not writer.duplicate:
             for directory in durable.to_sync(writer):
                 by_dir.setdefault(directory, []).append(i)
-    for directory, members in by_dir.items():
-        try:
-            fsync_dir(directory)
-        except OSError as exc:
-            for i in members:
+    directories = list(by_dir)
+    failures = fanout.map(sync_dir, directories) if fanout is not None else [sync_dir(d) for d in directories]
+    for directory, exc in zip(directories, failures):
+        if exc is not None:
+            for i in by_dir[directory]:
                 if results[i] is None:
                     results[i] = writers[i]._io_failure(exc)
     for i, writer in enumerate(writers):
@@ -805,9 +875,6 @@ def _commit_group(
     return out
 
 
-#: Concurrent fsyncs per group commit: enough for the device queue to merge flushes,
-#: few enough that a worker's threads stay cheap.
-_FANOUT_THREADS = 8
 
 
 class Publisher:
@@ -816,10 +883,18 @@ class Publisher:
     ``fsync``: each publish runs :func:`publish_now` in ``executor`` (the loop's default
     executor when None). Threads are used because fsync, rename and fdatasync have no
     non-blocking form asyncio can await, each can take milliseconds, and they release
-    the GIL, so a few threads overlap them for real. ``batch``: publishes arriving
-    within ``batch_window_ms``, or ``batch_max`` of them, go to the executor as one
-    group commit; while a group is in flight the next one gathers, and starts as soon
-    as it lands. ``none``: rename and journal append inline.
+    the GIL, so a few threads overlap them for real. ``none``: rename and journal
+    append inline.
+
+    ``batch`` is group commit: one group at a time is in the executor, and everything
+    submitted while it is there gathers and goes as the next group the moment it lands.
+    A publish that finds no group in flight starts one at once (after
+    ``batch_window_ms`` when that is set), so a lone instance waits for nothing and
+    groups grow by themselves with the load and with the device's sync time; a group
+    holds at most ``batch_max``. Within a group, files and directories are synced
+    concurrently when that pays (:class:`_FanOut`) and the journal once. Per instance
+    this costs less than ``fsync`` (one executor hand-off, directory and journal syncs
+    per group), which is why it never falls behind it.
 
     The journal append happens after the rename and before ``publish`` returns, with
     the durability of the instance (one fdatasync per group under ``batch``).
@@ -839,18 +914,13 @@ class Publisher:
         self._executor = executor
         self._pending: list[tuple[InstanceWriter, asyncio.Future[InstanceRecord]]] = []
         self._timer: asyncio.TimerHandle | None = None
+        #: The group commit handed to a thread and not landed yet (``batch``).
         self._inflight: asyncio.Future[list[InstanceRecord | StoreRefused]] | None = None
         self._durable = DurableDirs()
-        #: Threads that issue a group's file fsyncs concurrently (``batch`` only). A pool
-        #: of its own: the group commit itself runs in ``executor`` and must not wait on
-        #: jobs queued behind it there.
-        self._fanout = (
-            concurrent.futures.ThreadPoolExecutor(
-                max_workers=_FANOUT_THREADS, thread_name_prefix="scpfleet-fsync"
-            )
-            if config.durability == "batch"
-            else None
-        )
+        #: Threads that issue a group's syncs concurrently when that pays (``batch``
+        #: only). A pool of its own: the group commit itself runs in ``executor`` and
+        #: must not wait on jobs queued behind it there.
+        self._fanout = _FanOut() if config.durability == "batch" else None
         #: Group commits started (``batch``); for metrics and tests.
         self.groups = 0
 
@@ -878,10 +948,11 @@ class Publisher:
         future: asyncio.Future[InstanceRecord] = loop.create_future()
         self._pending.append((writer, future))
         if self._inflight is None:
-            if len(self._pending) >= self.config.batch_max:
+            window = self.config.batch_window_ms
+            if not window or len(self._pending) >= self.config.batch_max:
                 self._flush()
             elif self._timer is None:
-                self._timer = loop.call_later(self.config.batch_window_ms / 1000.0, self._flush)
+                self._timer = loop.call_later(window / 1000.0, self._flush)
         return future
 
     async def publish(self, writer: InstanceWriter) -> InstanceRecord:
@@ -892,15 +963,16 @@ class Publisher:
         return await result
 
     def _flush(self) -> None:
+        """Start the next group (the oldest ``batch_max`` pending) unless one is in flight."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._inflight is not None or not self._pending:
             return
-        group, self._pending = self._pending, []
+        limit = self.config.batch_max
+        group, self._pending = self._pending[:limit], self._pending[limit:]
         self.groups += 1
-        loop = self._get_loop()
-        self._inflight = loop.run_in_executor(
+        self._inflight = self._get_loop().run_in_executor(
             self._executor,
             _commit_group,
             [writer for writer, _ in group],
@@ -908,7 +980,7 @@ class Publisher:
             self._durable,
             self._fanout,
         )
-        self._inflight.add_done_callback(lambda done: self._landed(group, done))
+        self._inflight.add_done_callback(functools.partial(self._landed, group))
 
     def _landed(
         self,
@@ -944,8 +1016,7 @@ class Publisher:
         """Commit everything pending (``batch``: now, not at the window's end) and wait
         for it. Publications under way in ``fsync`` mode are the caller's to await."""
         while self._pending or self._inflight is not None:
-            if self._inflight is None:
-                self._flush()
+            self._flush()
             inflight = self._inflight
             if inflight is not None:
                 await asyncio.wait((inflight,))
@@ -956,4 +1027,4 @@ class Publisher:
         if self._pending or self._inflight is not None:
             raise WriterStateError("closing a publisher with publications pending")
         if self._fanout is not None:
-            self._fanout.shutdown(wait=False)
+            self._fanout.close()

@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +44,7 @@ from storage import (
     replay,
     sweep_temp,
 )
+from storage._writer import _FanOut
 from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments, make_config
 from tests.storage.test_meta import EXPECTED, tricky_dataset
 
@@ -308,6 +311,78 @@ def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
         return publisher
 
     assert asyncio.run(main()).groups == 1
+
+
+class SlowJournalSync:
+    """Makes each fdatasync (one per group commit) take ``delay`` seconds, and records
+    how many instances each group carried (the journal's growth between syncs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, journal: JournalWriter, delay: float) -> None:
+        self.sizes: list[int] = []
+        seen = 0
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            nonlocal seen
+            records = len(list(JournalReader(journal.path).read_from()))
+            self.sizes.append(records - seen)
+            seen = records
+            time.sleep(delay)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+@pytest.mark.parametrize("batch_max, expected", [(256, [1, 5]), (2, [1, 2, 2, 1])])
+def test_a_lone_publish_starts_at_once_and_the_rest_gathers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_max: int, expected: list[int]
+) -> None:
+    """No group in flight: a publish starts its group at once (no window to wait out).
+    Publishes arriving while it is in flight go together as the next group, in groups
+    of at most batch_max."""
+    config = make_config(tmp_path, durability="batch", batch_max=batch_max)
+    journal = JournalWriter(tmp_path, "w-1-1")
+    slow = SlowJournalSync(monkeypatch, journal, 0.05)
+
+    async def main() -> Publisher:
+        publisher = Publisher(config, journal=journal)
+        writers = [stream(make_writer(config, f"1.2.3.{i}"), encode(dataset(f"1.2.3.{i}"), EXPLICIT)) for i in range(6)]
+        first = publisher.submit(writers[0])
+        assert publisher.groups == 1  # started before anything was awaited
+        rest = [publisher.submit(w) for w in writers[1:]]
+        assert publisher.groups == 1  # gathering behind the one in flight
+        await asyncio.wait_for(asyncio.gather(first, *rest), 10)  # type: ignore[arg-type]
+        await publisher.aclose()
+        return publisher
+
+    publisher = asyncio.run(main())
+    monkeypatch.undo()
+    assert slow.sizes == expected and publisher.groups == len(expected)
+    assert len(list(JournalReader(journal.path).read_from())) == 6
+
+
+def test_fan_out_only_when_the_syncs_would_take_long() -> None:
+    """A group's syncs run in the calling thread while they are quick (as measured so
+    far), from several threads once doing them in turn would take long; results keep
+    the items' order either way."""
+    fanout = _FanOut(threads=4)
+    where: list[str] = []
+
+    def sync(item: int) -> int:
+        where.append(threading.current_thread().name)
+        return item * 10
+
+    try:
+        assert fanout.map(sync, list(range(6))) == [i * 10 for i in range(6)]
+        assert set(where) == {threading.current_thread().name}
+        assert fanout.sync_s < 0.0005
+        fanout.sync_s = 0.01  # as if each sync took 10 ms
+        where.clear()
+        assert fanout.map(sync, list(range(10))) == [i * 10 for i in range(10)]
+        assert all(name.startswith("scpfleet-fsync") for name in where) and len(where) == 10
+        assert fanout.map(sync, []) == []
+    finally:
+        fanout.close()
 
 
 def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
