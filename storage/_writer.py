@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import functools
 import itertools
 import os
 import re
@@ -886,8 +885,9 @@ class Publisher:
     the GIL, so a few threads overlap them for real. ``none``: rename and journal
     append inline.
 
-    ``batch`` is group commit: one group at a time is in the executor, and everything
-    submitted while it is there gathers and goes as the next group the moment it lands.
+    ``batch`` is group commit: one group at a time is being committed, by a thread of
+    the publisher's own, and everything submitted meanwhile gathers and goes as the next
+    group the moment it lands.
     A publish that finds no group in flight starts one at once (after
     ``batch_window_ms`` when that is set), so a lone instance waits for nothing and
     groups grow by themselves with the load and with the device's sync time; a group
@@ -914,13 +914,21 @@ class Publisher:
         self._executor = executor
         self._pending: list[tuple[InstanceWriter, asyncio.Future[InstanceRecord]]] = []
         self._timer: asyncio.TimerHandle | None = None
-        #: The group commit handed to a thread and not landed yet (``batch``).
-        self._inflight: asyncio.Future[list[InstanceRecord | StoreRefused]] | None = None
+        #: Done when the group commit under way has landed (``batch``); None when none is.
+        self._inflight: asyncio.Future[None] | None = None
         self._durable = DurableDirs()
+        batch = config.durability == "batch"
+        #: The thread committing groups (``batch`` only; one group at a time). Its own,
+        #: not ``executor``: it reports a group's outcome straight to the loop, one
+        #: wake-up per group, where an executor job's future adds one more.
+        self._committer = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scpfleet-commit")
+            if batch
+            else None
+        )
         #: Threads that issue a group's syncs concurrently when that pays (``batch``
-        #: only). A pool of its own: the group commit itself runs in ``executor`` and
-        #: must not wait on jobs queued behind it there.
-        self._fanout = _FanOut() if config.durability == "batch" else None
+        #: only), a pool apart from the committer, which waits for them.
+        self._fanout = _FanOut() if batch else None
         #: Group commits started (``batch``); for metrics and tests.
         self.groups = 0
 
@@ -972,26 +980,35 @@ class Publisher:
         limit = self.config.batch_max
         group, self._pending = self._pending[:limit], self._pending[limit:]
         self.groups += 1
-        self._inflight = self._get_loop().run_in_executor(
-            self._executor,
-            _commit_group,
-            [writer for writer, _ in group],
-            self._journal,
-            self._durable,
-            self._fanout,
-        )
-        self._inflight.add_done_callback(functools.partial(self._landed, group))
+        loop = self._get_loop()
+        self._inflight = loop.create_future()
+        assert self._committer is not None  # batch durability
+        self._committer.submit(self._commit, loop, group)
+
+    def _commit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: list[tuple[InstanceWriter, asyncio.Future[InstanceRecord]]],
+    ) -> None:
+        """In the committer thread: commit ``group``, report to the loop."""
+        results: list[InstanceRecord | StoreRefused] | None = None
+        failure: BaseException | None = None
+        try:
+            results = _commit_group([writer for writer, _ in group], self._journal, self._durable, self._fanout)
+        except BaseException as exc:  # reported to each publish, never lost in the thread
+            failure = exc
+        try:
+            loop.call_soon_threadsafe(self._landed, group, results, failure)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for these any more
 
     def _landed(
         self,
         group: list[tuple[InstanceWriter, asyncio.Future[InstanceRecord]]],
-        done: asyncio.Future[list[InstanceRecord | StoreRefused]],
+        results: list[InstanceRecord | StoreRefused] | None,
+        failure: BaseException | None,
     ) -> None:
-        self._inflight = None
-        if done.cancelled():
-            failure: BaseException | None = StoreRefused(Refusal.OUT_OF_RESOURCES, "group commit cancelled")
-        else:
-            failure = done.exception()
+        inflight, self._inflight = self._inflight, None
         for i, (writer, future) in enumerate(group):
             if failure is not None:
                 writer.abort()
@@ -1000,11 +1017,13 @@ class Publisher:
             if failure is not None:
                 future.set_exception(failure)
                 continue
-            result = done.result()[i]
+            result = results[i]  # type: ignore[index]
             if isinstance(result, StoreRefused):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if inflight is not None and not inflight.done():
+            inflight.set_result(None)
         self._flush()
 
     async def aclose(self) -> None:
@@ -1026,5 +1045,7 @@ class Publisher:
         """Release the fsync threads of a publisher that has nothing pending."""
         if self._pending or self._inflight is not None:
             raise WriterStateError("closing a publisher with publications pending")
+        if self._committer is not None:
+            self._committer.shutdown(wait=False)
         if self._fanout is not None:
             self._fanout.close()

@@ -361,6 +361,40 @@ def test_a_lone_publish_starts_at_once_and_the_rest_gathers(
     assert len(list(JournalReader(journal.path).read_from())) == 6
 
 
+def test_a_group_commit_that_breaks_fails_each_of_its_publishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error in the committer thread reaches every publish of its group
+    (their writers aborted, nothing left behind), and the next group commits."""
+    import storage._writer as writer_module
+
+    config = make_config(tmp_path, durability="batch")
+    real = writer_module._commit_group
+    calls = 0
+
+    def breaks_once(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer_module, "_commit_group", breaks_once)
+
+    async def main() -> list[object]:
+        publisher = Publisher(config)
+        writers = [stream(make_writer(config, f"1.2.3.{i}"), encode(dataset(f"1.2.3.{i}"), EXPLICIT)) for i in range(3)]
+        # The first goes alone (no group in flight), the other two as the next group.
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(publisher.publish(w) for w in writers), return_exceptions=True), 10)
+        await publisher.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert [type(o) for o in outcomes] == [RuntimeError, InstanceRecord, InstanceRecord]
+    assert leftovers(tmp_path) == ([], sorted(o.path for o in outcomes[1:]))  # type: ignore[union-attr]
+
+
 def test_fan_out_only_when_the_syncs_would_take_long() -> None:
     """A group's syncs run in the calling thread while they are quick (as measured so
     far), from several threads once doing them in turn would take long; results keep
