@@ -313,85 +313,110 @@ def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
     assert asyncio.run(main()).groups == 1
 
 
-class SlowJournalSync:
-    """Makes each fdatasync (one per group commit) take ``delay`` seconds, and records
-    how many instances each group carried (the journal's growth between syncs)."""
+class SlowGroups:
+    """Makes every group commit take ``delay`` seconds longer and records the groups'
+    SOP Instance UIDs, in the order they started; ``fail`` names an instance whose
+    group breaks (an unexpected error in the committer thread)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, journal: JournalWriter, delay: float) -> None:
-        self.sizes: list[int] = []
-        seen = 0
-        real = os.fdatasync
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float, fail: str | None = None) -> None:
+        import storage._writer as writer_module
 
-        def fdatasync(fd: int) -> None:
-            nonlocal seen
-            records = len(list(JournalReader(journal.path).read_from()))
-            self.sizes.append(records - seen)
-            seen = records
+        self.groups: list[list[str]] = []
+        real = writer_module._commit_group
+        lock = threading.Lock()
+
+        def slow(writers: list[InstanceWriter], *args: object) -> object:
+            uids = [w.sop_instance_uid for w in writers]
+            with lock:
+                self.groups.append(uids)
             time.sleep(delay)
-            real(fd)
+            if fail in uids:
+                raise RuntimeError("a bug")
+            return real(writers, *args)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(writer_module, "_commit_group", slow)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(g) for g in self.groups]
 
 
-@pytest.mark.parametrize("batch_max, expected", [(256, [1, 5]), (2, [1, 2, 2, 1])])
+def _writers(config: StorageConfig, n: int) -> list[InstanceWriter]:
+    return [stream(make_writer(config, f"1.2.3.{i}"), encode(dataset(f"1.2.3.{i}"), EXPLICIT)) for i in range(n)]
+
+
+@pytest.mark.parametrize("batch_max, expected", [(256, [1, 1, 4]), (2, [1, 1, 2, 2])])
 def test_a_lone_publish_starts_at_once_and_the_rest_gathers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_max: int, expected: list[int]
 ) -> None:
-    """No group in flight: a publish starts its group at once (no window to wait out).
-    Publishes arriving while it is in flight go together as the next group, in groups
-    of at most batch_max."""
+    """No group in flight: a publish starts its group at once (no window to wait out),
+    and a second one may start beside a small one. Publishes arriving while two are in
+    flight go together as the next group, in groups of at most batch_max."""
     config = make_config(tmp_path, durability="batch", batch_max=batch_max)
     journal = JournalWriter(tmp_path, "w-1-1")
-    slow = SlowJournalSync(monkeypatch, journal, 0.05)
+    slow = SlowGroups(monkeypatch, 0.05)
 
     async def main() -> Publisher:
         publisher = Publisher(config, journal=journal)
-        writers = [stream(make_writer(config, f"1.2.3.{i}"), encode(dataset(f"1.2.3.{i}"), EXPLICIT)) for i in range(6)]
+        writers = _writers(config, 6)
         first = publisher.submit(writers[0])
         assert publisher.groups == 1  # started before anything was awaited
-        rest = [publisher.submit(w) for w in writers[1:]]
-        assert publisher.groups == 1  # gathering behind the one in flight
-        await asyncio.wait_for(asyncio.gather(first, *rest), 10)  # type: ignore[arg-type]
+        second = publisher.submit(writers[1])
+        assert publisher.groups == 2  # beside a small group in flight
+        rest = [publisher.submit(w) for w in writers[2:]]
+        assert publisher.groups == 2  # gathering behind the two in flight
+        await asyncio.wait_for(asyncio.gather(first, second, *rest), 10)  # type: ignore[arg-type]
         await publisher.aclose()
         return publisher
 
     publisher = asyncio.run(main())
     monkeypatch.undo()
     assert slow.sizes == expected and publisher.groups == len(expected)
-    assert len(list(JournalReader(journal.path).read_from())) == 6
+    assert sorted(r.sop_instance_uid for r, _ in JournalReader(journal.path).read_from()) == [
+        f"1.2.3.{i}" for i in range(6)]
+
+
+def test_a_large_group_in_flight_holds_the_next_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside a group of _SMALL_GROUP or more, nothing starts: the next group waits and
+    grows."""
+    config = make_config(tmp_path, durability="batch", batch_window_ms=60_000, batch_max=4)
+    slow = SlowGroups(monkeypatch, 0.05)
+
+    async def main() -> None:
+        publisher = Publisher(config)
+        writers = _writers(config, 9)
+        futures = [publisher.submit(w) for w in writers[:4]]  # batch_max reached: a group of 4
+        assert publisher.groups == 1
+        futures += [publisher.submit(w) for w in writers[4:]]
+        assert publisher.groups == 1
+        await asyncio.wait_for(asyncio.gather(*futures), 10)  # type: ignore[arg-type]
+        await publisher.aclose()
+
+    asyncio.run(main())
+    monkeypatch.undo()
+    assert slow.sizes == [4, 4, 1]
 
 
 def test_a_group_commit_that_breaks_fails_each_of_its_publishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unexpected error in the committer thread reaches every publish of its group
-    (their writers aborted, nothing left behind), and the next group commits."""
-    import storage._writer as writer_module
-
+    """An unexpected error in a committer thread reaches every publish of its group
+    (their writers aborted, nothing left behind), and the other groups commit."""
     config = make_config(tmp_path, durability="batch")
-    real = writer_module._commit_group
-    calls = 0
-
-    def breaks_once(*args: object) -> object:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("a bug")
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(writer_module, "_commit_group", breaks_once)
+    slow = SlowGroups(monkeypatch, 0.02, fail="1.2.3.0")
 
     async def main() -> list[object]:
         publisher = Publisher(config)
-        writers = [stream(make_writer(config, f"1.2.3.{i}"), encode(dataset(f"1.2.3.{i}"), EXPLICIT)) for i in range(3)]
-        # The first goes alone (no group in flight), the other two as the next group.
+        # The first two go alone, one beside the other; the rest as the next group.
         outcomes = await asyncio.wait_for(
-            asyncio.gather(*(publisher.publish(w) for w in writers), return_exceptions=True), 10)
+            asyncio.gather(*(publisher.publish(w) for w in _writers(config, 4)), return_exceptions=True), 10)
         await publisher.aclose()
         return outcomes
 
     outcomes = asyncio.run(main())
-    assert [type(o) for o in outcomes] == [RuntimeError, InstanceRecord, InstanceRecord]
+    monkeypatch.undo()
+    assert slow.sizes == [1, 1, 2]
+    assert [type(o) for o in outcomes] == [RuntimeError, InstanceRecord, InstanceRecord, InstanceRecord]
     assert leftovers(tmp_path) == ([], sorted(o.path for o in outcomes[1:]))  # type: ignore[union-attr]
 
 
