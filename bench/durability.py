@@ -142,7 +142,8 @@ def _clear(store: Path) -> None:
     """Empty the storage root for the next run, keeping its ``.tmp`` folder: every
     file is created there first, and on ext4 a new file's inode is taken near its
     folder's, whose luck (a full inode group costs each creation up to a millisecond
-    of CPU) must be the same for every run compared."""
+    of CPU) must be the same for every run compared. Then flush the file systems, so
+    that the removal's writes do not land on the next run."""
     for entry in store.iterdir() if store.is_dir() else ():
         if entry.name == ".tmp":
             for leftover in entry.iterdir():
@@ -151,6 +152,7 @@ def _clear(store: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+    os.sync()
 
 
 def creation_cost_us(folder: Path, n: int = 1000) -> float:
@@ -284,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"seconds of load per run (default {DURATION_S:.0f})")
     parser.add_argument("--size", type=positive_int, default=SIZE, metavar="BYTES",
                         help=f"bytes of pixel data per instance (default {SIZE})")
-    parser.add_argument("--repeat", type=positive_int, default=1, metavar="N",
-                        help="runs of each (associations, durability) (default 1)")
+    parser.add_argument("--repeat", type=positive_int, default=2, metavar="N",
+                        help="runs of each (associations, durability); an even number "
+                        "puts each durability first as often (default 2)")
     parser.add_argument("--storage-dir", type=Path, metavar="DIR",
                         help="where the nodes store (default: a temporary folder in the "
                         "repository, i.e. on its file system)")
