@@ -14,7 +14,8 @@ files acknowledged. The durabilities alternate, and their order is swapped each
 repeat, so drift on a shared machine hits both alike.
 
 Output: a table (throughput and p50/p99 latency of each durability side by side, batch
-over fsync) on stdout and in ``--out``/durability.md, and durability.json (every run,
+over fsync by medians and within each repeat, whose two runs ran back to back) on stdout
+and in ``--out``/durability.md, and durability.json (every run,
 the medians, the machine). Ctrl-C or SIGTERM stops every process started here and
 writes nothing. It only talks to the servers it starts on 127.0.0.1; no machine path
 goes into its results.
