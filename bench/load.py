@@ -19,6 +19,8 @@ summary (and ``--report`` JSON). Timing starts when every child is ready (proces
 start-up and data preparation are not measured). Every failed instance is counted once:
 by its DIMSE status, or by a cause (``rejected``, ``aborted``, ``timeout``,
 ``connect-failed``, ``context-rejected``, ``not-sent`` when all associations gave up).
+With both ``--count`` and ``--duration``, whichever ends first ends the run: the count
+left when the duration ends is reported as *not sent*, which is no failure.
 Ctrl-C in the parent stops the children gracefully (they ignore SIGINT themselves).
 """
 
@@ -101,8 +103,9 @@ Instances are synthesized in memory (--sop-class, --transfer-syntax, --size; fre
 UIDs for every instance, spread over --patients/--studies/--series) or taken from
 Part 10 files (--files: read into memory once and sent as raw bytes, or --stream
 them from disk each time). The run is bounded by --count (default 1000) or
---duration. Exit status 0 when every instance was stored (Success or Warning), 1
-when any failed, 2 on bad arguments."""
+--duration, or both (whichever ends first; what the count had left when the duration
+ended is reported as not sent). Exit status 0 when every instance sent was stored
+(Success or Warning), 1 when any failed, 2 on bad arguments."""
 
 EPILOG = textwrap.fill(
     f"SOP classes: {', '.join(SOP_CLASS_ALIASES)} or a UID. Transfer syntaxes: "
@@ -294,6 +297,8 @@ class Message(msgspec.Struct):
     tally: _report.Tally | None = None
     reasons: dict[str, str] = msgspec.field(default_factory=dict)
     error: str | None = None
+    #: ``done``: instances of the count left unsent because the duration ended first.
+    not_sent: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -515,11 +520,15 @@ class _Sender:
         finally:
             reporter.cancel()
             self.loop.remove_reader(self.conn.fileno())
+        not_sent = 0
         if self.remaining and not self.stopped:
-            self.fail("not-sent", "every association gave up", self.remaining)
+            if self.deadline is not None and self.loop.time() >= self.deadline:
+                not_sent = self.remaining  # the duration ended first: not a failure
+            else:
+                self.fail("not-sent", "every association gave up", self.remaining)
             self.remaining = 0
         self._send(Message(kind="done", proc=self.index, tally=self.tally,
-                           reasons=self.reasons))
+                           reasons=self.reasons, not_sent=not_sent))
 
     def _on_control(self) -> None:
         try:
@@ -837,7 +846,8 @@ def _finish(args: argparse.Namespace, plan: Plan, state: _Run,
         else:
             tally.failed += got_failed
     duration = max(state.end - state.start, 1e-9)
-    summary = build_summary(args, plan, tally, reasons, duration, described, state)
+    not_sent = sum(m.not_sent for m in state.final.values())
+    summary = build_summary(args, plan, tally, reasons, duration, described, state, not_sent)
     print(format_summary(summary))
     if args.report:
         try:
@@ -852,8 +862,9 @@ def _finish(args: argparse.Namespace, plan: Plan, state: _Run,
 
 def build_summary(args: argparse.Namespace, plan: Plan, tally: _report.Tally,
                   reasons: dict[str, str], duration: float, described: dict[str, Any],
-                  state: _Run) -> dict[str, Any]:
-    """The run as a JSON-ready dict (the ``--report`` file)."""
+                  state: _Run, not_sent: int = 0) -> dict[str, Any]:
+    """The run as a JSON-ready dict (the ``--report`` file). ``not_sent``: instances of
+    the count left when the duration ended (not failures)."""
     return {
         "command": "load",
         "target": {"host": plan.host, "port": plan.port, "aec": plan.aec, "aet": plan.aet},
@@ -867,6 +878,7 @@ def build_summary(args: argparse.Namespace, plan: Plan, tally: _report.Tally,
         "instances": tally.ok,
         "failures": tally.failed,
         "attempted": tally.ok + tally.failed,
+        "not_sent": not_sent,
         "bytes": tally.bytes,
         "duration_s": round(duration, 6),
         "instances_per_s": round(tally.ok / duration, 3),
@@ -892,6 +904,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("senders", f"{summary['processes']} process(es) x "
                     f"{summary['associations_per_process']} association(s)"),
         ("instances", f"{summary['instances']} stored, {summary['failures']} failed"
+                      + (f", {summary['not_sent']} not sent (the duration ended first)"
+                         if summary.get("not_sent") else "")
                       + (f" (of {summary['requested_count']})"
                          if summary["requested_count"] else "")),
         ("data", _report.format_bytes(summary["bytes"])),

@@ -13,7 +13,7 @@ Implementation Class UID and Version Name of the files come in the
 :class:`PosixInstanceStore` (:mod:`._posix`) is the store: an :class:`InstanceWriter`
 (:mod:`._writer`) streams each instance into a Part 10 file (:mod:`._part10`) while a
 :class:`MetadataExtractor` (:mod:`._meta`) reads the few attributes that name and
-index it; a :class:`Publisher` makes it durable and visible and appends its
+index it and a content digest (:mod:`._digest`: XXH3-128 or SHA-256) hashes it; a :class:`Publisher` makes it durable and visible and appends its
 :class:`InstanceRecord` (:mod:`._record`) to the writer's journal segment
 (:mod:`._journal`), which :class:`JournalSegments` (:mod:`._segments`) locks, rotates
 and closes. :func:`replay` carries journals into a catalog, :func:`retire` deletes the
@@ -32,6 +32,7 @@ in; nothing is read from module globals. Errors raised on purpose derive from
 :class:`StorageError`.
 """
 
+from ._digest import DEFAULT_DIGEST, DIGEST_ALGORITHMS, new_digest
 from ._journal import (
     JournalError,
     JournalReader,
@@ -46,7 +47,7 @@ from ._journal import (
     segment_path,
 )
 from ._meta import DEFLATED_TRANSFER_SYNTAXES, InstanceMetadata, MetadataError, MetadataExtractor
-from ._part10 import FileMeta, NotDicomError, StorageError, build_file_meta, read_file_meta
+from ._part10 import FileMeta, FileMetaTemplate, NotDicomError, StorageError, build_file_meta, read_file_meta
 from ._ports import (
     FIND_KEYS,
     Catalog,
@@ -142,7 +143,11 @@ __all__ = [
     "DEFLATED_TRANSFER_SYNTAXES",
     "FileMeta",
     "build_file_meta",
+    "FileMetaTemplate",
     "read_file_meta",
+    "new_digest",
+    "DIGEST_ALGORITHMS",
+    "DEFAULT_DIGEST",
     "InstanceWriter",
     "Publisher",
     "DurableDirs",

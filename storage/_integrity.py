@@ -37,13 +37,13 @@ from files and applies them through the same rules (``workers/recovery.py``).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
+from ._digest import new_digest
 from ._record import InstanceRecord
 
 __all__ = ["Generations", "FileCheck", "resolve", "SUPERSEDED_DIR", "file_generation"]
@@ -150,9 +150,10 @@ class FileCheck:
     def _digest_matches(self, record: InstanceRecord) -> bool:
         from ._part10 import read_file_meta
 
-        if record.digest_algorithm != "sha256":
-            return True  # only the size and the coarse time can say it; trust them
-        digest = hashlib.sha256()
+        try:
+            digest = new_digest(record.digest_algorithm)
+        except ValueError:
+            return True  # an algorithm this version does not know: size and coarse time decide
         try:
             with open(self.path(record), "rb") as fp:
                 read_file_meta(fp)

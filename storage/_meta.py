@@ -96,6 +96,13 @@ _INFLATE_CHUNK = 64 * 1024
 _EXPLICIT_HEADER = {False: struct.Struct("<HH2sH").unpack_from, True: struct.Struct(">HH2sH").unpack_from}
 _LONG_AT = {False: struct.Struct("<I").unpack_from, True: struct.Struct(">I").unpack_from}
 
+# The explicit VR header length by VR (PS3.5 7.1.2): 12 bytes for the long VRs, 8 for
+# every other well-formed one (two upper-case letters); a VR not in it is malformed.
+_VR_HEADER = {bytes((a, b)): 8 for a in range(65, 91) for b in range(65, 91)} | dict.fromkeys(_LONG_VRS, 12)
+# A fragment at most this long is copied to bytes before the fast walk: slicing bytes is
+# cheaper than slicing a memoryview, which pays for small data sets.
+_COPY_SMALL = 16 * 1024
+
 # Parser steps: waiting for an 8-byte header, for the 4-byte long length of an explicit
 # OB/SQ/UN/... header, or for a wanted value.
 _HEADER, _LONG_LENGTH, _VALUE = 0, 1, 2
@@ -199,9 +206,12 @@ class MetadataExtractor:
     @property
     def result(self) -> InstanceMetadata:
         """What has been found so far."""
-        return InstanceMetadata(
-            **{name: raw.decode("latin-1").strip(" \x00") for name, raw in self._values.items()}
-        )
+        return InstanceMetadata(**self.values())
+
+    def values(self) -> dict[str, str]:
+        """What has been found so far, by :class:`InstanceMetadata` field name (absent
+        attributes are not in it): :attr:`result` without building it."""
+        return {name: raw.decode("latin-1").strip(" \x00") for name, raw in self._values.items()}
 
     def feed(self, fragment: memoryview | bytes | bytearray) -> None:
         """Walk the next fragment of the data set. Never raises on bad data."""
@@ -253,6 +263,8 @@ class MetadataExtractor:
             raise MetadataError(f"{self._cap} bytes examined before passing (0020,0013)")
         if len(data) > room:
             data = memoryview(data)[:room]
+        if type(data) is memoryview and len(data) <= _COPY_SMALL:
+            data = data.tobytes()
         self._seen += len(data)
         self._walk(data)
         if not self._done and self._seen >= self._cap:
@@ -271,6 +283,10 @@ class MetadataExtractor:
                 pos += self._skip
                 self._skip = 0
                 continue
+            if not carry and not self._stack and self._step == _HEADER:
+                pos = self._run(data, pos, end)
+                if self._done or pos >= end:
+                    return
             need = self._need
             if carry:
                 take = need - len(carry)
@@ -290,6 +306,54 @@ class MetadataExtractor:
             self._handle(chunk)
             if self._done:
                 return
+
+    def _run(self, data: memoryview | bytes | bytearray, pos: int, end: int) -> int:
+        """The common case at full speed: top-level elements lying whole in ``data``
+        from ``pos``, decoded in one loop without the step machine. Returns where it
+        stopped: at ``end`` (or past it, ``_skip`` set), after stopping the walk, or at
+        an element it leaves to the step machine -- one that straddles ``end``, opens an
+        undefined-length container or has no valid VR -- which then takes the same
+        decisions as :meth:`_header` and :meth:`_element` for it.
+        """
+        big = self._big
+        header = _EXPLICIT_HEADER[big]
+        long_at = _LONG_AT[big]
+        implicit = self._implicit
+        values = self._values
+        while end - pos >= 8:
+            group, elem, vr, length = header(data, pos)
+            tag = (group << 16) | elem
+            if tag > _LAST_WANTED:
+                self._stop()
+                return end
+            if implicit:
+                (length,) = long_at(data, pos + 4)
+                start = pos + 8
+            else:
+                kind = _VR_HEADER.get(vr)
+                if kind is None:
+                    return pos
+                if kind == 12:
+                    if end - pos < 12:
+                        return pos
+                    (length,) = long_at(data, pos + 8)
+                start = pos + kind
+            if length == _UNDEFINED:
+                return pos
+            name = _WANTED.get(tag)
+            if name is not None:
+                take = length if length < _VALUE_CAP else _VALUE_CAP
+                if start + take > end:
+                    return pos
+                values[name] = bytes(data[start : start + take])
+                if tag == _LAST_WANTED:
+                    self._stop()
+                    return end
+            pos = start + length
+            if pos > end:
+                self._skip = pos - end
+                return end
+        return pos
 
     def _handle(self, chunk: bytes | memoryview | bytearray) -> None:
         step = self._step

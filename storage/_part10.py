@@ -26,6 +26,7 @@ __all__ = [
     "NotDicomError",
     "FileMeta",
     "build_file_meta",
+    "FileMetaTemplate",
     "read_file_meta",
     "PREAMBLE_LENGTH",
 ]
@@ -147,6 +148,57 @@ def build_file_meta(
     group = b"".join(body)
     group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
     return b"".join((bytes(PREAMBLE_LENGTH), _PREFIX, group_length, group))
+
+
+_GROUP_LENGTH = struct.Struct("<HH2sHI")
+_SHORT_HEADER = struct.Struct("<HH2sH")
+
+
+class FileMetaTemplate:
+    """:func:`build_file_meta` for many instances of one SOP class, transfer syntax and
+    pair of AE titles: everything but (0002,0003) Media Storage SOP Instance UID and the
+    group length is encoded (and checked) once, in the constructor, which takes
+    :func:`build_file_meta`'s arguments less the instance UID.
+    :meth:`build` gives exactly the bytes :func:`build_file_meta` gives.
+    """
+
+    __slots__ = ("_head", "_before", "_after", "_rest")
+
+    def __init__(
+        self,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        implementation_class_uid: str,
+        implementation_version_name: str | None = None,
+        source_ae_title: str | None = None,
+        *,
+        sending_ae_title: str | None = None,
+        receiving_ae_title: str | None = None,
+    ) -> None:
+        # Split a whole group built with a placeholder instance UID around (0002,0003).
+        whole = build_file_meta(
+            sop_class_uid, "1", transfer_syntax_uid, implementation_class_uid,
+            implementation_version_name, source_ae_title,
+            sending_ae_title=sending_ae_title, receiving_ae_title=receiving_ae_title,
+        )
+        placeholder = _short(0x0003, b"UI", _uid_value("sop_instance_uid", "1"))
+        start = PREAMBLE_LENGTH + len(_PREFIX) + _GROUP_LENGTH.size
+        at = whole.index(placeholder, start)
+        self._head = whole[:PREAMBLE_LENGTH + len(_PREFIX)]
+        self._before = whole[start:at]
+        self._after = whole[at + len(placeholder):]
+        self._rest = len(self._before) + len(self._after)
+
+    def build(self, sop_instance_uid: str) -> bytearray:
+        """Preamble, ``DICM`` and group 0002 for one instance (PS3.10 7.1)."""
+        value = _uid_value("sop_instance_uid", sop_instance_uid)
+        out = bytearray(self._head)
+        out += _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, self._rest + _SHORT_HEADER.size + len(value))
+        out += self._before
+        out += _SHORT_HEADER.pack(0x0002, 0x0003, b"UI", len(value))
+        out += value
+        out += self._after
+        return out
 
 
 def _read_exact(fp: BinaryIO, n: int) -> bytes:

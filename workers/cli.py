@@ -80,7 +80,7 @@ def _seconds(text: str) -> float:
 _SERVE_KEYS = {
     "host": "host", "port": "port", "aet": "aet", "storage": "storage", "index": "index",
     "workers": "workers", "indexers": "indexers", "durability": "durability",
-    "duplicates": "duplicates", "journal_segment_bytes": "journal-segment-bytes",
+    "duplicates": "duplicates", "digest": "digest", "journal_segment_bytes": "journal-segment-bytes",
     "sop_classes": "sop-classes",
     "max_associations": "max-associations", "max_pdu": "max-pdu",
     "require_calling_aet": "require-calling-aet", "require_called_aet": "require-called-aet",
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="storage SOP classes taken: any (default: a vendor's private classes and "
                             "classes newer than this release too) or only the known ones; other "
                             "abstract syntaxes are refused at negotiation")
+    store.add_argument("--digest", choices=("xxh3-128", "sha256"),
+                       help="content digest of every data set, kept in the index: xxh3-128 (default) "
+                            "detects accidental corruption, not tampering; sha256 also tampering "
+                            "while the index is trusted, at more CPU")
     store.add_argument("--journal-segment-bytes", type=_integer, metavar="BYTES",
                        help="rotate a worker's journal segment past this size (default 64 MiB)")
     qr = serve.add_argument_group(
@@ -368,7 +372,7 @@ def _verify(args: argparse.Namespace) -> int:
             report = verify(root, catalog, files, digests=args.digests, progress=progress)
             fixed = None
             if args.repair and report.problems:
-                fixed = repair(root, catalog, files, report)
+                fixed = repair(root, catalog, files, report, config.digest)
                 report_after = verify(root, catalog, files, digests=args.digests, progress=progress)
             else:
                 report_after = report

@@ -12,8 +12,9 @@ directory's mtime, and the unjournalled renames of a dead worker happened shortl
 before it died (within one publish, bounded here by :data:`PUBLISH_MARGIN_S`). The
 supervisor calls this at start when journal segments of a previous run were left
 behind (the mark of an unclean stop), and at run time when a worker dies abnormally.
-A record rebuilt from a file has the file's own metadata, digest and size, the AE
-titles of its File Meta Information, and its mtime as the reception time.
+A record rebuilt from a file has the file's own metadata, digest (by the node's digest
+algorithm) and size, the AE titles of its File Meta Information, and its mtime as the
+reception time.
 
 A replacement of an indexed instance that was renamed but not journalled is told apart
 from the indexed copy by its generation (the file's mtime, which every publish stamps),
@@ -22,12 +23,12 @@ whatever the sizes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
 
 from storage import (
+    DEFAULT_DIGEST,
     TEMP_DIR,
     Catalog,
     FileCheck,
@@ -37,6 +38,7 @@ from storage import (
     file_generation,
     is_valid_uid,
     journal_dir,
+    new_digest,
     read_file_meta,
 )
 
@@ -68,9 +70,10 @@ def unclean_since(root: str) -> float | None:
     return min(times) - PUBLISH_MARGIN_S if times else None
 
 
-def record_from_file(root: str, path: str) -> InstanceRecord:
-    """An index record for a stored Part 10 file (raises NotDicomError or OSError)."""
-    digest = hashlib.sha256()
+def record_from_file(root: str, path: str, digest_algorithm: str = DEFAULT_DIGEST) -> InstanceRecord:
+    """An index record for a stored Part 10 file, its data set digested by
+    ``digest_algorithm`` (raises NotDicomError or OSError)."""
+    digest = new_digest(digest_algorithm)
     with open(path, "rb") as fp:
         meta = read_file_meta(fp)
         extractor = MetadataExtractor(meta.transfer_syntax_uid)
@@ -99,6 +102,7 @@ def record_from_file(root: str, path: str) -> InstanceRecord:
         called_ae=meta.receiving_ae_title or "",
         received_at=st.st_mtime,
         generation=file_generation(st),
+        digest_algorithm=digest_algorithm,
     )
 
 
@@ -122,13 +126,14 @@ def _recent_files(root: str, since: float) -> Iterable[str]:
 
 
 def reconcile(root: str, index: Catalog, since: float, until: float | None = None,
-              files: FileCheck | None = None) -> int:
+              files: FileCheck | None = None, digest_algorithm: str = DEFAULT_DIGEST) -> int:
     """Index every instance file modified since ``since`` (and not after ``until``) that
     the index does not describe: no row, a row for another copy (its size or generation
     differ) or for another path. Records are built from the files and applied through
     the same rules as journalled ones (``files``; by default the root with the
     ``overwrite`` policy), so a file that lost to a newer copy elsewhere is moved away
-    rather than indexed. Returns how many records were offered."""
+    rather than indexed; their digests are by ``digest_algorithm`` (the node's).
+    Returns how many records were offered."""
     files = files if files is not None else FileCheck(root)
     pending: list[InstanceRecord] = []
     written = 0
@@ -142,7 +147,7 @@ def reconcile(root: str, index: Catalog, since: float, until: float | None = Non
             relative = os.path.relpath(path, root).replace(os.sep, "/")
             if row is not None and row.path == relative and files.matches(row, st):
                 continue
-            pending.append(record_from_file(root, path))
+            pending.append(record_from_file(root, path, digest_algorithm))
         except (OSError, NotDicomError) as exc:
             log.warning("cannot index %s: %s", path, exc)
             continue

@@ -133,7 +133,9 @@ class RootStartup:
                 with self.open_index() as index:
                     replayed = replay(self.root, index, files=self.files)
                     retired = retire(self.root, index, ())
-                    reconciled = reconcile(self.root, index, since, files=self.files) if since is not None else 0
+                    reconciled = (reconcile(self.root, index, since, files=self.files,
+                                            digest_algorithm=self.config.digest)
+                                  if since is not None else 0)
                 return replayed, len(retired), reconciled, None
             except CatalogUnavailable as exc:
                 if tries == 1:

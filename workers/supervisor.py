@@ -464,7 +464,8 @@ class Supervisor:
         try:
             removed = sweep_orphan_temp(self.root, live, died)
             with self.startup.open_index() as index:
-                count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files)
+                count = reconcile(self.root, index, died - PUBLISH_MARGIN_S, died, files=self.files,
+                                  digest_algorithm=self.config.digest)
         except Exception as exc:  # the next start reconciles again
             log.warning("cleaning up after the dead worker failed: %s", exc)
             return
@@ -599,7 +600,8 @@ class Supervisor:
                 replayed = replay(self.root, index, files=self.files)
                 retire(self.root, index, ())
                 if self._unclean_since is not None:
-                    reconcile(self.root, index, self._unclean_since, files=self.files)
+                    reconcile(self.root, index, self._unclean_since, files=self.files,
+                              digest_algorithm=cfg.digest)
             self.startup.remove_stale_locks()
         except CatalogUnavailable as exc:
             if not cfg.index_shared:

@@ -23,19 +23,20 @@ Damaged files are reported, never "repaired": the row's digest is what was recei
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from storage import (
+    DEFAULT_DIGEST,
     SUPERSEDED_DIR,
     Catalog,
     FileCheck,
     InstanceRecord,
     NotDicomError,
     is_valid_uid,
+    new_digest,
     read_file_meta,
 )
 
@@ -109,14 +110,12 @@ def instance_files(root: str) -> Iterator[tuple[str, str]]:
 
 
 def _digest_of(path: str, algorithm: str) -> str | None:
-    if algorithm == "sha256":
-        digest = hashlib.sha256()
-    else:
-        try:
-            import xxhash
-        except ImportError:
-            return None
-        digest = xxhash.xxh3_128()
+    """The digest of the data set in ``path`` by ``algorithm`` (None: an algorithm this
+    version does not know)."""
+    try:
+        digest = new_digest(algorithm)
+    except ValueError:
+        return None
     with open(path, "rb") as fp:
         read_file_meta(fp)
         while chunk := fp.read(_READ):
@@ -203,8 +202,10 @@ def _restore(root: str, row: InstanceRecord, files: FileCheck) -> bool:
     return False
 
 
-def repair(root: str, catalog: Catalog, files: FileCheck, report: Report) -> RepairSummary:
-    """Fix what :func:`verify` reported that the files can settle (see the module doc)."""
+def repair(root: str, catalog: Catalog, files: FileCheck, report: Report,
+           digest_algorithm: str = DEFAULT_DIGEST) -> RepairSummary:
+    """Fix what :func:`verify` reported that the files can settle (see the module doc);
+    rebuilt records carry digests by ``digest_algorithm`` (the node's)."""
     summary = RepairSummary()
     gone = []
     for uid in report.missing:
@@ -220,7 +221,7 @@ def repair(root: str, catalog: Catalog, files: FileCheck, report: Report) -> Rep
     pending: list[InstanceRecord] = []
     for relative in (*report.mismatch, *report.unindexed, *report.duplicate):
         try:
-            pending.append(record_from_file(root, os.path.join(root, relative)))
+            pending.append(record_from_file(root, os.path.join(root, relative), digest_algorithm))
         except (OSError, NotDicomError):
             summary.unreadable.append(relative)
             continue

@@ -85,6 +85,7 @@ def storage_config(cfg: NodeConfig) -> StorageConfig:
         root=cfg.storage,
         durability=cfg.durability,
         duplicate_policy=cfg.duplicates,
+        digest=cfg.digest,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
     )

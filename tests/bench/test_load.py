@@ -112,6 +112,39 @@ def test_load_reassociates_every_k(tmp_path: Path) -> None:
     assert data["associations"] == 4  # 3 + 3 + 3 + 1
 
 
+def test_load_count_and_duration_whichever_ends_first(tmp_path: Path) -> None:
+    """The duration ends first: what the count had left is not sent, no failure, exit 0.
+    The count ends first: everything is sent."""
+    out = tmp_path / "report.json"
+    with EngineServer() as scp:
+        short = run_cli("load", "127.0.0.1", str(scp.port), "--processes", "2", "--associations", "2",
+                        "--count", "10000000", "--duration", "1", "--size", "256", "--report", str(out))
+        by_duration = load_json(out)
+        counted = run_cli("load", "127.0.0.1", str(scp.port), "--associations", "2", "--count", "20",
+                          "--duration", "600", "--size", "256", "--report", str(out))
+        by_count = load_json(out)
+    assert short.returncode == 0, short.stdout + short.stderr
+    assert by_duration["failures"] == 0 and by_duration["failures_by_cause"] == {}
+    assert by_duration["instances"] > 0 and by_duration["not_sent"] > 0
+    assert by_duration["instances"] + by_duration["not_sent"] == 10000000
+    assert "not sent (the duration ended first)" in short.stdout and " 0 failed" in short.stdout
+    assert counted.returncode == 0, counted.stdout + counted.stderr
+    _check_report(by_count, 20)
+    assert by_count["not_sent"] == 0
+
+
+def test_load_gave_up_before_the_duration_is_a_failure(tmp_path: Path) -> None:
+    """Associations that all give up before the duration ends leave the rest of the
+    count failed (not-sent), as without --duration."""
+    out = tmp_path / "report.json"
+    port = peers.free_port()
+    result = run_cli("load", "127.0.0.1", str(port), "--associations", "2", "--count", "50",
+                     "--duration", "600", "--report", str(out), timeout=30)
+    assert result.returncode == 1
+    data = load_json(out)
+    assert data["instances"] == 0 and data["failures"] == 50 and data["not_sent"] == 0
+
+
 def test_load_connect_failed_ends_quickly(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     port = peers.free_port()

@@ -14,7 +14,6 @@ runs on a copy of the root, so the machine itself goes on from the unsettled sta
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -38,6 +37,8 @@ from storage import (
     SqliteCatalog,
     open_catalog,
     StoreRefused,
+    build_file_meta,
+    new_digest,
     read_file_meta,
     replay,
     resolve,
@@ -88,6 +89,31 @@ def test_file_check_tells_copies_apart(tmp_path: Path) -> None:
     assert files.is_current(legacy)  # before generations: the size is all there is
     (tmp_path / second.path).unlink()
     assert not files.is_current(second)
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3-128", "sha256"])
+def test_coarse_timestamps_are_settled_by_the_records_digest(tmp_path: Path, algorithm: str) -> None:
+    """Where the file system cannot tell two copies' times apart, the data set digest
+    decides, by the algorithm the record names."""
+    files = FileCheck(tmp_path)
+    files._precision = 1_000_000_000  # one-second timestamps
+
+    def placed(generation: int, content: bytes) -> InstanceRecord:
+        digest = new_digest(algorithm)
+        digest.update(content)
+        rec = msgspec.structs.replace(record(1), generation=generation, digest=digest.hexdigest(),
+                                      digest_algorithm=algorithm)
+        rec = place(tmp_path, rec, bytes(_META) + content)
+        os.utime(tmp_path / rec.path, ns=(10**18, 10**18))  # what such a file system keeps
+        return rec
+
+    first = placed(10**18 + 1, b"a" * 10)
+    assert files.is_current(first)
+    second = placed(10**18 + 2, b"b" * 10)  # same size, same second: only the digest differs
+    assert files.is_current(second) and not files.is_current(first)
+
+
+_META = build_file_meta("1.2.3", "1.2.3.1", EXPLICIT, "1.2.3.4")
 
 
 def test_supersede_moves_only_the_records_own_file(tmp_path: Path) -> None:
@@ -195,11 +221,13 @@ def dataset_bytes(uid: str, study: str, patient: str) -> bytes:
     return encode(ds, EXPLICIT)
 
 
-def file_digest(path: Path) -> tuple[int, str]:
+def file_digest(path: Path, algorithm: str = "xxh3-128") -> tuple[int, str]:
     with open(path, "rb") as fp:
         read_file_meta(fp)
         data = fp.read()
-    return path.stat().st_size, hashlib.sha256(data).hexdigest()
+    digest = new_digest(algorithm)
+    digest.update(data)
+    return path.stat().st_size, digest.hexdigest()
 
 
 def check_invariant(root: Path, catalog: SqliteCatalog, acknowledged: set[str]) -> None:
@@ -216,7 +244,7 @@ def check_invariant(root: Path, catalog: SqliteCatalog, acknowledged: set[str]) 
         row = rows.get(uid)
         assert row is not None, f"{uid}: a file without a row"
         assert row.path == paths[0].relative_to(root).as_posix()
-        size, digest = file_digest(paths[0])
+        size, digest = file_digest(paths[0], row.digest_algorithm)
         assert (row.size, row.digest) == (size, digest), f"{uid}: the row describes another copy"
         assert row.generation == paths[0].stat().st_mtime_ns
     for uid in rows:

@@ -360,6 +360,27 @@ def test_mutated_streams_never_raise(ts: str, flips: list[tuple[int, int]], cut:
     assert isinstance(extractor.result, InstanceMetadata)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    ts=st.sampled_from(ALL_SYNTAXES),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 10**6),
+)
+def test_fast_walk_and_step_machine_agree(ts: str, flips: list[tuple[int, int]], cut: int) -> None:
+    """Fed whole, most elements go through the one-loop fast walk; fed a byte at a time,
+    every element goes through the step machine. Valid or damaged, the two agree on
+    every value found, on whether the walk stopped and on whether it failed."""
+    data = bytearray(_VALID[ts])
+    for where, value in flips:
+        data[where % len(data)] = value
+    data = bytes(data[: max(1, cut % (len(data) + 1))])
+    whole = extract(data, ts)
+    bytewise = extract(data, ts, fragments(data, [1]))
+    assert whole.values() == bytewise.values()
+    assert whole.done == bytewise.done
+    assert (whole.error is None) == (bytewise.error is None)
+
+
 def test_big_endian_binary_lengths_differ_from_little_endian() -> None:
     """Guards the BE path: the fixture's lengths really are big endian."""
     data = encode(tricky_dataset(), BIG)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import FileMeta, NotDicomError, build_file_meta, read_file_meta
+from storage import FileMeta, FileMetaTemplate, NotDicomError, build_file_meta, read_file_meta
 from tests.dicomdata import make_dataset, write_part10
 from tests.storage import ALL_SYNTAXES, encode, part10_dataset, with_meta
 from tests.storage.test_meta import tricky_dataset
@@ -69,6 +69,25 @@ def test_optional_elements_left_out() -> None:
     parsed = read_file_meta(io.BytesIO(meta))
     assert parsed.implementation_version_name is None and parsed.source_ae_title is None
     assert parsed.dataset_offset == len(meta)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sop=st.from_regex(r"[1-9][0-9]{0,20}(\.[1-9][0-9]{0,7}){0,4}", fullmatch=True),
+    version=st.sampled_from([None, "", "V1", "SCPFLEET_01"]),
+    titles=st.lists(st.sampled_from([None, "", "A", "MODALITY", "ARCHIVE_SIXTEEN1"]), min_size=3, max_size=3),
+    ts=st.sampled_from(ALL_SYNTAXES),
+)
+def test_template_builds_what_build_file_meta_builds(sop: str, version, titles, ts: str) -> None:
+    """The per-(class, syntax, titles) template gives byte for byte the same group."""
+    args = ("1.2.840.10008.5.1.4.1.1.2", ts, "1.2.826.0.1.3680043.9.1")
+    source, sending, receiving = titles
+    template = FileMetaTemplate(*args, version, source, sending_ae_title=sending, receiving_ae_title=receiving)
+    expected = build_file_meta(args[0], sop, args[1], args[2], version, source,
+                               sending_ae_title=sending, receiving_ae_title=receiving)
+    assert bytes(template.build(sop)) == expected
+    with pytest.raises(ValueError):
+        template.build("1." + "2" * 70)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +21,12 @@ from pathlib import Path
 import msgspec
 import pydicom
 import pytest
+import xxhash
 
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import (
     TEMP_DIR,
+    DurableDirs,
     InstanceRecord,
     InstanceWriter,
     JournalReader,
@@ -34,11 +38,13 @@ from storage import (
     StoreRefused,
     WriterStateError,
     is_valid_uid,
+    new_digest,
     publish_now,
     read_file_meta,
     replay,
     sweep_temp,
 )
+from storage._writer import _FanOut
 from tests.storage import ALL_SYNTAXES, DEFLATED, EXPLICIT, encode, fragments, make_config
 from tests.storage.test_meta import EXPECTED, tricky_dataset
 
@@ -159,7 +165,9 @@ def _check_published(root: Path, record: InstanceRecord, data: bytes, ts: str) -
     meta = read_file_meta(path)
     assert raw[meta.dataset_offset :] == data  # byte-identical data set
     assert record.size == len(raw)
-    assert record.digest == hashlib.sha256(data).hexdigest()
+    hasher = new_digest(record.digest_algorithm)
+    hasher.update(data)
+    assert record.digest == hasher.hexdigest()
     assert meta.transfer_syntax_uid == ts
     assert meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID  # the one the node advertises
     assert meta.implementation_version_name == IMPLEMENTATION_VERSION_NAME
@@ -305,6 +313,137 @@ def test_batch_max_starts_a_group_without_waiting(tmp_path: Path) -> None:
     assert asyncio.run(main()).groups == 1
 
 
+class SlowGroups:
+    """Makes every group commit take ``delay`` seconds longer and records the groups'
+    SOP Instance UIDs, in the order they started; ``fail`` names an instance whose
+    group breaks (an unexpected error in the committer thread)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float, fail: str | None = None) -> None:
+        import storage._writer as writer_module
+
+        self.groups: list[list[str]] = []
+        real = writer_module._commit_group
+        lock = threading.Lock()
+
+        def slow(writers: list[InstanceWriter], *args: object) -> object:
+            uids = [w.sop_instance_uid for w in writers]
+            with lock:
+                self.groups.append(uids)
+            time.sleep(delay)
+            if fail in uids:
+                raise RuntimeError("a bug")
+            return real(writers, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(writer_module, "_commit_group", slow)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(g) for g in self.groups]
+
+
+def _writers(config: StorageConfig, n: int) -> list[InstanceWriter]:
+    return [stream(make_writer(config, f"1.2.3.{i}"), encode(dataset(f"1.2.3.{i}"), EXPLICIT)) for i in range(n)]
+
+
+@pytest.mark.parametrize("batch_max, expected", [(256, [1, 1, 4]), (2, [1, 1, 2, 2])])
+def test_a_lone_publish_starts_at_once_and_the_rest_gathers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_max: int, expected: list[int]
+) -> None:
+    """No group in flight: a publish starts its group at once (no window to wait out),
+    and a second one may start beside a small one. Publishes arriving while two are in
+    flight go together as the next group, in groups of at most batch_max."""
+    config = make_config(tmp_path, durability="batch", batch_max=batch_max)
+    journal = JournalWriter(tmp_path, "w-1-1")
+    slow = SlowGroups(monkeypatch, 0.05)
+
+    async def main() -> Publisher:
+        publisher = Publisher(config, journal=journal)
+        writers = _writers(config, 6)
+        first = publisher.submit(writers[0])
+        assert publisher.groups == 1  # started before anything was awaited
+        second = publisher.submit(writers[1])
+        assert publisher.groups == 2  # beside a small group in flight
+        rest = [publisher.submit(w) for w in writers[2:]]
+        assert publisher.groups == 2  # gathering behind the two in flight
+        await asyncio.wait_for(asyncio.gather(first, second, *rest), 10)  # type: ignore[arg-type]
+        await publisher.aclose()
+        return publisher
+
+    publisher = asyncio.run(main())
+    monkeypatch.undo()
+    assert slow.sizes == expected and publisher.groups == len(expected)
+    assert sorted(r.sop_instance_uid for r, _ in JournalReader(journal.path).read_from()) == [
+        f"1.2.3.{i}" for i in range(6)]
+
+
+def test_a_large_group_in_flight_holds_the_next_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside a group of _SMALL_GROUP or more, nothing starts: the next group waits and
+    grows."""
+    config = make_config(tmp_path, durability="batch", batch_window_ms=60_000, batch_max=4)
+    slow = SlowGroups(monkeypatch, 0.05)
+
+    async def main() -> None:
+        publisher = Publisher(config)
+        writers = _writers(config, 9)
+        futures = [publisher.submit(w) for w in writers[:4]]  # batch_max reached: a group of 4
+        assert publisher.groups == 1
+        futures += [publisher.submit(w) for w in writers[4:]]
+        assert publisher.groups == 1
+        await asyncio.wait_for(asyncio.gather(*futures), 10)  # type: ignore[arg-type]
+        await publisher.aclose()
+
+    asyncio.run(main())
+    monkeypatch.undo()
+    assert slow.sizes == [4, 4, 1]
+
+
+def test_a_group_commit_that_breaks_fails_each_of_its_publishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error in a committer thread reaches every publish of its group
+    (their writers aborted, nothing left behind), and the other groups commit."""
+    config = make_config(tmp_path, durability="batch")
+    slow = SlowGroups(monkeypatch, 0.02, fail="1.2.3.0")
+
+    async def main() -> list[object]:
+        publisher = Publisher(config)
+        # The first two go alone, one beside the other; the rest as the next group.
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(publisher.publish(w) for w in _writers(config, 4)), return_exceptions=True), 10)
+        await publisher.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    monkeypatch.undo()
+    assert slow.sizes == [1, 1, 2]
+    assert [type(o) for o in outcomes] == [RuntimeError, InstanceRecord, InstanceRecord, InstanceRecord]
+    assert leftovers(tmp_path) == ([], sorted(o.path for o in outcomes[1:]))  # type: ignore[union-attr]
+
+
+def test_fan_out_only_when_the_syncs_would_take_long() -> None:
+    """A group's syncs run in the calling thread while they are quick (as measured so
+    far), from several threads once doing them in turn would take long; results keep
+    the items' order either way."""
+    fanout = _FanOut(threads=4)
+    where: list[str] = []
+
+    def sync(item: int) -> int:
+        where.append(threading.current_thread().name)
+        return item * 10
+
+    try:
+        assert fanout.map(sync, list(range(6))) == [i * 10 for i in range(6)]
+        assert set(where) == {threading.current_thread().name}
+        assert fanout.sync_s < 0.0005
+        fanout.sync_s = 0.01  # as if each sync took 10 ms
+        where.clear()
+        assert fanout.map(sync, list(range(10))) == [i * 10 for i in range(10)]
+        assert all(name.startswith("scpfleet-fsync") for name in where) and len(where) == 10
+        assert fanout.map(sync, []) == []
+    finally:
+        fanout.close()
+
+
 def test_batch_errors_are_per_instance(tmp_path: Path) -> None:
     config = make_config(tmp_path, durability="batch", batch_window_ms=20, duplicate_policy="reject")
 
@@ -378,6 +517,127 @@ def test_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
         publish_now(b)
         assert b.duplicate
     assert leftovers(tmp_path) == ([], [record.path])
+
+
+# ------------------------------------------------------------------------------ the cost of one instance
+
+
+@pytest.mark.parametrize("digest", ["xxh3-128", "sha256"])
+def test_the_digest_is_the_configured_one(tmp_path: Path, digest: str) -> None:
+    config = make_config(tmp_path, digest=digest)
+    data = encode(dataset(), EXPLICIT)
+    record = publish_now(stream(make_writer(config, EXPECTED.sop_instance_uid or ""), data))
+    expected = hashlib.sha256(data).hexdigest() if digest == "sha256" else xxhash.xxh3_128(data).hexdigest()
+    assert (record.digest_algorithm, record.digest) == (digest, expected)
+
+
+def test_the_default_digest_is_xxh3_and_no_other_is_accepted(tmp_path: Path) -> None:
+    assert make_config(tmp_path).digest == "xxh3-128"
+    with pytest.raises(ValueError):
+        make_config(tmp_path, digest="md5")
+
+
+class CallCounter:
+    """Counts the calls of some ``os`` functions (and passes them through)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+        self.calls: dict[str, list[tuple[object, ...]]] = {name: [] for name in names}
+        for name in names:
+            real = getattr(os, name)
+
+            def counted(*args: object, _real=real, _name=name, **kw: object) -> object:
+                self.calls[_name].append(args)
+                return _real(*args, **kw)
+
+            monkeypatch.setattr(os, name, counted)
+
+    def count(self, name: str) -> int:
+        return len(self.calls[name])
+
+
+def test_a_small_instance_is_one_write_and_no_directory_call_once_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File Meta and a small data set (whatever its fragments) reach the file in one
+    write; the second instance of a series makes and examines no directory, and the
+    temporary name costs no system call."""
+    config = make_config(tmp_path, durability="none")
+    publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)))
+    calls = CallCounter(monkeypatch, "write", "writev", "mkdir", "stat", "makedirs", "urandom")
+    data = encode(dataset("1.2.3.2"), EXPLICIT)
+    record = publish_now(stream(make_writer(config, "1.2.3.2"), data, 100))
+    monkeypatch.undo()
+    assert {name: calls.count(name) for name in calls.calls} == {
+        "write": 1, "writev": 0, "mkdir": 0, "stat": 0, "makedirs": 0, "urandom": 0}
+    _check_published(tmp_path, record, data, EXPLICIT)
+
+
+def test_large_fragments_are_written_as_they_come(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The File Meta goes out with the first large fragment (one writev); later large
+    fragments are written one call each, as received; small ones are gathered."""
+    config = make_config(tmp_path, durability="none")
+    big = dataset()
+    big.PixelData = bytes(300_000)
+    data = encode(big, EXPLICIT)
+    calls = CallCounter(monkeypatch, "write", "writev")
+    writer = make_writer(config, EXPECTED.sop_instance_uid or "")
+    writer.begin()
+    pieces = fragments(data, [1 << 17, 100, 100, 1 << 17])
+    for piece in pieces:
+        writer.write(piece)
+    record = publish_now(writer)
+    monkeypatch.undo()
+    assert [len(p) for p in pieces][:4] == [1 << 17, 100, 100, 1 << 17] and len(pieces) == 5
+    # File Meta + the first large fragment; the two small ones + the second large one;
+    # the small tail, by finish().
+    assert (calls.count("writev"), calls.count("write")) == (2, 1)
+    _check_published(tmp_path, record, data, EXPLICIT)
+
+
+def test_temporary_names_are_unique_and_skip_a_leftover(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    first = stream(make_writer(config, "1.2.3.1"), b"")
+    second = stream(make_writer(config, "1.2.3.2"), b"")
+    assert first.temp_path != second.temp_path
+    name = os.path.basename(second.temp_path or "")
+    assert name.startswith(f"{os.getpid()}-") and name.endswith(".part")
+    # A leftover of an earlier process that had our pid holds the next name: skipped.
+    prefix, number = name[: -len(".part")].rsplit("-", 1)
+    (tmp_path / TEMP_DIR / f"{prefix}-{int(number) + 1}.part").write_bytes(b"old")
+    third = stream(make_writer(config, "1.2.3.3"), b"")
+    assert os.path.basename(third.temp_path or "") == f"{prefix}-{int(number) + 2}.part"
+    for writer in (first, second, third):
+        writer.abort()
+
+
+@pytest.mark.parametrize("removed", ["before finish", "after finish"])
+@pytest.mark.parametrize("policy", ["overwrite", "keep"])
+@pytest.mark.parametrize("durability", ["none", "fsync"])
+def test_a_directory_removed_behind_our_back_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, durability: str, removed: str
+) -> None:
+    """Directories are made once per process; one removed since (by an operator, a
+    cleanup) is made again where its absence shows (finish() examining it, or the
+    rename or link into it), and with a syncing durability its parents are synced
+    again, as those of new directories."""
+    config = make_config(tmp_path, durability=durability, duplicate_policy=policy)
+    durable = DurableDirs()
+    publish_now(stream(make_writer(config, "1.2.3.1"), encode(dataset("1.2.3.1"), EXPLICIT)), durable=durable)
+    writer = stream(make_writer(config, "1.2.3.2"), encode(dataset("1.2.3.2"), EXPLICIT))
+    if removed == "before finish":
+        shutil.rmtree(tmp_path / STUDY)
+    writer.finish()
+    if removed == "after finish":
+        shutil.rmtree(tmp_path / STUDY)
+    syncs = SyncCounter(monkeypatch)
+    second = publish_now(writer, durable=durable)
+    monkeypatch.undo()
+    assert leftovers(tmp_path) == ([], [second.path])
+    if durability == "fsync":
+        assert syncs.dirs == 3  # series, study and root: the new entries are durable
+    # and again, with the directories now known under their new identity
+    third = publish_now(stream(make_writer(config, "1.2.3.3"), encode(dataset("1.2.3.3"), EXPLICIT)), durable=durable)
+    assert leftovers(tmp_path) == ([], sorted([second.path, third.path]))
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -476,30 +736,34 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int) -> 
 
 
 @pytest.mark.parametrize(
-    "name, calls_ok, step",
+    "name, calls_ok, step, size",
     [
-        ("write", 0, "begin"),  # the File Meta write
-        ("write", 3, "write"),  # a data set fragment
-        ("mkdir", 0, "finish"),
-        ("fsync", 0, "publish"),
-        ("rename", 0, "publish"),
+        ("open", 0, "begin", 256),  # the temporary file
+        ("write", 0, "publish", 256),  # File Meta and a small data set, written by finish()
+        ("writev", 0, "write", 1 << 16),  # File Meta and the first large fragment
+        ("write", 0, "write", 1 << 16),  # a later large fragment
+        ("mkdir", 0, "publish", 256),
+        ("fsync", 0, "publish", 256),
+        ("rename", 0, "publish", 256),
     ],
 )
 def test_io_errors_refuse_with_out_of_resources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, calls_ok: int, step: str, size: int
 ) -> None:
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, durability="fsync")
     (tmp_path / TEMP_DIR).mkdir()
-    data = encode(dataset(), EXPLICIT)
+    big = dataset()
+    big.PixelData = bytes(3 << 16)
+    data = encode(big if size > 256 else dataset(), EXPLICIT)
     writer = make_writer(config, EXPECTED.sop_instance_uid or "")
     with pytest.raises(StoreRefused) as refused:
         if step != "begin":
             stream_ok = step != "write"
             if stream_ok:
-                stream(writer, data, 256)
+                stream(writer, data, size)
             _enospc_after(monkeypatch, name, calls_ok)
             if not stream_ok:
-                stream(writer, data, 256)
+                stream(writer, data, size)
             else:
                 publish_now(writer)
         else:

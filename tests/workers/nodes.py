@@ -148,6 +148,15 @@ class Node:
             db.close()
         return {uid: (p, size, sha) for uid, p, size, sha in rows}
 
+    def index_digests(self) -> dict[str, tuple[str, str]]:
+        """sop_instance_uid -> (digest_algorithm, digest) from the SQLite index."""
+        db = sqlite3.connect(f"file:{self.storage / 'index.sqlite'}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute("SELECT sop_instance_uid, digest_algorithm, digest FROM instances").fetchall()
+        finally:
+            db.close()
+        return {uid: (algorithm, digest) for uid, algorithm, digest in rows}
+
     def stored_files(self) -> dict[str, Path]:
         """sop_instance_uid -> path of every visible instance file (never under .tmp)."""
         out = {}

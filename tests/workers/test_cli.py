@@ -30,6 +30,7 @@ def test_defaults_need_no_configuration():
     config = load_config(None, {})
     assert (config.port, config.aet, config.storage, config.durability) == (11112, "SCPFLEET", "./archive", "fsync")
     assert config.index_path.endswith("index.sqlite") and config.worker_count >= 1
+    assert config.digest == "xxh3-128"
 
 
 def test_file_then_flags(tmp_path: Path):
@@ -49,6 +50,7 @@ def test_file_then_flags(tmp_path: Path):
         ("port = 70000", "port"),
         ("colour = 1", "colour"),
         ('durability = "sometimes"', "durability"),
+        ('digest = "md5"', "digest"),
         ('aet = "THIS TITLE IS FAR TOO LONG"', "aet"),
         ('tls-cert = "x.pem"', "tls-key"),
         ("port = [", "invalid TOML"),
@@ -75,6 +77,7 @@ def test_bad_option_one_line_exit_2():
     _one_line_error(scpfleet("serve", "--no-such-option"), "no-such-option")
     _one_line_error(scpfleet("serve", "--port", "abc"), "--port")
     _one_line_error(scpfleet("serve", "--durability", "maybe"), "durability")
+    _one_line_error(scpfleet("serve", "--digest", "md5"), "digest")
     _one_line_error(scpfleet("serve", "--aet", "A\\B"), "aet")
     _one_line_error(scpfleet("serve", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"), "tls")
 
@@ -91,17 +94,17 @@ def test_bad_config_file_one_line_exit_2(tmp_path: Path):
 
 def test_check_config_shows_precedence(tmp_path: Path):
     path = tmp_path / "node.toml"
-    path.write_text("port = 1234\nworkers = 3\n")
-    done = scpfleet("serve", "--config", str(path), "--port", "5555", "--check-config")
+    path.write_text('port = 1234\nworkers = 3\ndigest = "xxh3-128"\n')
+    done = scpfleet("serve", "--config", str(path), "--port", "5555", "--digest", "sha256", "--check-config")
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
-    assert (config["port"], config["workers"], config["aet"]) == (5555, 3, "SCPFLEET")
+    assert (config["port"], config["workers"], config["aet"], config["digest"]) == (5555, 3, "SCPFLEET", "sha256")
 
 
 def test_help_explains():
     done = scpfleet("serve", "--help")
     assert done.returncode == 0
-    for word in ("11112", "SCPFLEET", "--max-associations", "--tls-ca", "--ready-file", "--durability"):
+    for word in ("11112", "SCPFLEET", "--max-associations", "--tls-ca", "--ready-file", "--durability", "--digest"):
         assert word in done.stdout
     top = scpfleet("--help")
     assert top.returncode == 0 and "serve" in top.stdout and "stats" in top.stdout

@@ -219,7 +219,7 @@ def test_tls_with_dcmtk_storescu(node_factory, tiny_files, tmp_path, peer_log_di
 
 def _large_instance_rss(node_factory, tmp_path, size: int) -> int:
     big = make_large_file(tmp_path / "large.dcm", size, unique=True)
-    node = node_factory("--workers", "1", "--durability", "none")
+    node = node_factory("--workers", "1", "--durability", "none", "--digest", "sha256")
     worker = node.worker_pids()[0]
     before = peak_rss_kib(worker)
     results = run(store_files(node.port, [big]))

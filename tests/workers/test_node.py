@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from storage import new_digest
 from tests import peers
 from tests.dicomdata import dataset_bytes, make_files, make_large_file
 from tests.workers.nodes import HOST, associate, run, scpfleet, sop_uid, store_files
@@ -24,15 +25,20 @@ from tests.workers.nodes import HOST, associate, run, scpfleet, sop_uid, store_f
 pytestmark = pytest.mark.interop
 
 
-def _check_identical(node, files: list[Path]) -> None:
+def _check_identical(node, files: list[Path], digest: str = "xxh3-128") -> None:
     stored = node.stored_files()
     rows = node.index_rows()
+    digests = node.index_digests()
     assert len(stored) == len(files), f"{len(stored)} files stored, {len(files)} sent"
     assert len(rows) == len(files), f"{len(rows)} index rows, {len(files)} sent"
     for f in files:
         uid = sop_uid(f)
-        assert dataset_bytes(stored[uid]) == dataset_bytes(f), f"{uid}: data set differs"
+        data = dataset_bytes(f)
+        assert dataset_bytes(stored[uid]) == data, f"{uid}: data set differs"
         assert rows[uid][0] == str(stored[uid].relative_to(node.storage))
+        hasher = new_digest(digest)
+        hasher.update(data)
+        assert digests[uid] == (digest, hasher.hexdigest()), f"{uid}: digest of another data set"
 
 
 def test_thousand_instances_over_two_workers(node_factory, thousand_files, peer_log_dir):
@@ -173,6 +179,21 @@ def test_ls_stats_and_metrics(node_factory, tiny_files):
     assert stats.returncode == 0, stats.stderr
     assert "instances: 20" in stats.stdout
     assert re.search(r"studies: [1-9]", stats.stdout) and re.search(r"patients: [1-9]", stats.stdout)
+    assert node.stop() == 0
+
+
+@pytest.mark.parametrize("durability", ["none", "batch"])
+def test_digest_sha256_on_request(node_factory, tiny_files, durability):
+    """--digest sha256: every row carries the SHA-256 of its data set as received, and
+    verify --digests checks the files by it."""
+    node = node_factory("--workers", "1", "--durability", durability, "--digest", "sha256")
+    files = tiny_files[:10]
+    results = run(store_files(node.port, files))
+    assert all(status == 0 for _, status, _ in results)
+    node.wait_for(lambda: len(node.index_rows()) == 10, what="10 index rows")
+    _check_identical(node, files, digest="sha256")
+    checked = scpfleet("verify", "--storage", str(node.storage), "--digests")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     assert node.stop() == 0
 
 

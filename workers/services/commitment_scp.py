@@ -13,13 +13,13 @@ Theory of operation, for one request (PS3.4 J.3.2, J.3.3):
    :class:`storage.Catalog` (waiting up to ``grace_s`` for an index that lags behind
    the stores just answered), of the same SOP Class (else 0119), is its file there
    with the size recorded (else 0110), and, with ``verify``, do the data set bytes
-   still have the recorded digest (``sha256``, or ``xxh3-128`` when the optional
-   ``xxhash`` module is installed; else 0110)? Unknown instances fail 0112, a SOP
-   class UID that is not a UID 0122. Files are read in an executor thread. In an index
-   shared by the nodes of a cluster (``node`` given), an instance that only another
-   node holds is committed on the index's word (that node indexed it once its file
-   was durable; its file cannot be looked at from here), and with ``verify`` it fails
-   0110, its digest not being checkable here.
+   still have the recorded digest (by the record's algorithm, ``xxh3-128`` or
+   ``sha256``; else 0110)? Unknown instances fail 0112, a SOP class UID that is not a
+   UID 0122. Files are read in an executor thread. In an index shared by the nodes of a
+   cluster (``node`` given), an instance that only another node holds is committed on
+   the index's word (that node indexed it once its file was durable; its file cannot be
+   looked at from here), and with ``verify`` it fails 0110, its digest not being
+   checkable here.
 3. **N-EVENT-REPORT-RQ** with event type 1 (all committed) or 2 (some failed, in the
    Failed SOP Sequence with their Failure Reasons), Transaction UID and the Referenced
    SOP Sequence of the committed ones (J.3.3.1). It goes on the N-ACTION's association
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import time
 import warnings
@@ -71,6 +70,7 @@ from storage import (
     PendingRequests,
     StorageError,
     is_valid_uid,
+    new_digest,
     read_file_meta,
 )
 
@@ -133,15 +133,10 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 def _hasher(algorithm: str) -> Any:
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    if algorithm == "xxh3-128":
-        try:
-            import xxhash
-        except ImportError:
-            return None
-        return xxhash.xxh3_128()
-    return None
+    try:
+        return new_digest(algorithm)
+    except ValueError:
+        return None
 
 
 def _check_file(store: InstanceStore, record: InstanceRecord, verify: bool) -> int | None:

@@ -91,12 +91,30 @@ _STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1"
 def calling_title(assoc: Any) -> str:
     """The requestor's AE title as text: the peer chooses these 16 bytes, so anything
     but printable ASCII is replaced (a line break must not forge a log line, CWE-117);
-    "-" when empty."""
+    "-" when empty. Remembered per title: every C-STORE asks."""
     title = assoc.requestor.ae_title
+    if type(title) is not bytes:
+        return _title_text(title)
+    text = _TITLES.get(title)
+    if text is None:
+        text = _title_text(title)
+        if len(_TITLES) >= _TITLES_MAX:
+            _TITLES.clear()
+        _TITLES[title] = text
+    return text
+
+
+def _title_text(title: Any) -> str:
     if not title:
         return "-"
     text = bytes(title).strip(b" \x00").decode("ascii", "replace")
     return "".join(c if c.isascii() and c.isprintable() else "?" for c in text) or "-"
+
+
+#: Titles already turned into text; peers choose them, so the memory is bounded (past
+#: it, it starts again).
+_TITLES: dict[bytes, str] = {}
+_TITLES_MAX = 1024
 
 
 class StoreObserver(Protocol):
