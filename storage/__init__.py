@@ -74,6 +74,7 @@ from ._segments import JournalSegments
 from ._integrity import SUPERSEDED_DIR, FileCheck, Generations, file_generation, resolve
 from ._sqlite import SCHEMA, SqliteCatalog
 from ._writer import (
+    QUARANTINE_DIR,
     TEMP_DIR,
     DurableDirs,
     InstanceWriter,
@@ -156,6 +157,7 @@ __all__ = [
     "sweep_temp",
     "fsync_dir",
     "TEMP_DIR",
+    "QUARANTINE_DIR",
     "JournalWriter",
     "JournalReader",
     "JournalTail",

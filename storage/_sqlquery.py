@@ -201,6 +201,10 @@ def _condition(match: Match, params: list[Any], dialect: Dialect) -> str:
     return f"({column} <> '' AND (" + " OR ".join(alternatives) + "))"
 
 
+#: A row with a place in the hierarchy (not quarantined: storage/_writer.py).
+_PLACED = "{table}.study_instance_uid <> '' AND {table}.series_instance_uid <> ''"
+
+
 def page_statement(
     query: CatalogQuery,
     after: Any,
@@ -215,16 +219,20 @@ def page_statement(
     params: list[Any] = []
     mark = dialect.mark
     key = f"i.{query.key}"
-    where = [_condition(match, params, dialect) for match in query.matches]
+    # Quarantined instances (no valid Study or Series Instance UID) have no place in
+    # the hierarchy, so no query or retrieval reaches them.
+    where = [_PLACED.format(table="i")]
+    where += [_condition(match, params, dialect) for match in query.matches]
     if started:
         if after is None:  # only a PATIENT key can be NULL; NULL sorts first
             where.append(f"{key} IS NOT NULL")
         else:
             where.append(f"{key} > {mark}")
             params.append(after)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    clause = " WHERE " + " AND ".join(where)
     aggregates = [f"(SELECT {dialect.aggregates[name]} FROM instances AS c "
-                  f"WHERE {_same_entity(query, key, dialect)})" for name in sorted(query.aggregates)]
+                  f"WHERE {_same_entity(query, key, dialect)} AND {_PLACED.format(table='c')})"
+                  for name in sorted(query.aggregates)]
     if query.level == "IMAGE":
         columns = ", ".join([f"i.{name}" for name in query.fields] + aggregates)
         if not dialect.many_nodes:

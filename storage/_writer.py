@@ -72,6 +72,9 @@ __all__ = [
 ]
 
 TEMP_DIR = ".tmp"
+#: Where instances without a valid Study/Series Instance UID are kept (``incomplete``
+#: ``quarantine``): a plain directory of the root, ``<SOPInstanceUID>.dcm`` each.
+QUARANTINE_DIR = "quarantine"
 
 # PS3.5 9.1: components are digits without leading zeros (except "0"), joined by dots.
 _UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
@@ -131,6 +134,11 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
       and kept in its record: ``"xxh3-128"`` (fast; detects accidental corruption, not
       tampering) or ``"sha256"`` (also tampering, when the index is trusted); see
       :mod:`storage._digest`.
+    - ``incomplete``: what becomes of a data set without a valid Study or Series
+      Instance UID (the path is made of them): ``"refuse"`` it
+      (:attr:`Refusal.DATASET_MISMATCH`), or ``"quarantine"`` it as
+      ``<root>/quarantine/<SOPInstanceUID>.dcm``, recorded with what is known (the
+      missing UIDs empty) -- legacy archives hold such files.
     """
 
     root: str
@@ -144,6 +152,7 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
     file_mode: int = 0o640
     dir_mode: int = 0o750
     digest: DigestAlgorithm = DEFAULT_DIGEST
+    incomplete: Literal["refuse", "quarantine"] = "refuse"
 
     def __post_init__(self) -> None:
         if self.durability not in ("fsync", "batch", "none"):
@@ -156,6 +165,8 @@ class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"implementation_class_uid is not a UID: {self.implementation_class_uid!r}")
         if self.max_meta_inflate < 1:
             raise ValueError("max_meta_inflate must be positive")
+        if self.incomplete not in ("refuse", "quarantine"):
+            raise ValueError(f"incomplete must be refuse or quarantine, not {self.incomplete!r}")
         if self.digest not in DIGEST_ALGORITHMS:
             raise ValueError(f"digest must be one of {', '.join(DIGEST_ALGORITHMS)}, not {self.digest!r}")
         build_file_meta("1", "1", "1", self.implementation_class_uid, self.implementation_version_name)
@@ -477,22 +488,35 @@ class InstanceWriter:
                 )
         study, series = get("study_instance_uid"), get("series_instance_uid")
         config = self.config
+        relative_dir = f"{study}/{series}"
         dirs = _SERIES_DIRS.get((config.root, study, series))  # type: ignore[arg-type]
         if dirs is None:
+            problem = None
             for label, uid in (("Study Instance UID", study), ("Series Instance UID", series)):
                 if uid is None and error is not None:
                     raise self._refuse(Refusal.UNREADABLE, f"data set unreadable before its {label}: {error}")
-                if not is_valid_uid(uid):
-                    raise self._refuse(Refusal.DATASET_MISMATCH, f"{label} missing or not a UID: {uid!r}")
-            study_dir = f"{config.root}/{study}"
-            dirs = (study_dir, f"{study_dir}/{series}")
+                if problem is None and not is_valid_uid(uid):
+                    problem = f"{label} missing or not a UID: {uid!r}"
+            if problem is not None and config.incomplete != "quarantine":
+                raise self._refuse(Refusal.DATASET_MISMATCH, problem)
+            if problem is not None:
+                # Kept, and recorded with what is known: a name from the SOP UID alone.
+                study = study if is_valid_uid(study) else ""
+                series = series if is_valid_uid(series) else ""
+                relative_dir = QUARANTINE_DIR
+                quarantine = f"{config.root}/{QUARANTINE_DIR}"
+                dirs = (quarantine, quarantine)
+            else:
+                study_dir = f"{config.root}/{study}"
+                dirs = (study_dir, f"{study_dir}/{series}")
             try:
                 self._make_dirs(dirs)
             except OSError as exc:
                 raise self._refuse(Refusal.OUT_OF_RESOURCES, f"cannot create directory: {exc}", exc) from exc
-            if len(_SERIES_DIRS) >= _CACHE_MAX:
-                _SERIES_DIRS.clear()
-            _SERIES_DIRS[(config.root, study, series)] = dirs  # type: ignore[index]
+            if problem is None:
+                if len(_SERIES_DIRS) >= _CACHE_MAX:
+                    _SERIES_DIRS.clear()
+                _SERIES_DIRS[(config.root, study, series)] = dirs  # type: ignore[index]
         self._series = dirs
         self.final_path = f"{dirs[1]}/{self.sop_instance_uid}.dcm"
         try:
@@ -528,7 +552,7 @@ class InstanceWriter:
             study_date=get("study_date"),
             instance_number=get("instance_number"),
             transfer_syntax_uid=self.transfer_syntax_uid,
-            path=f"{study}/{series}/{self.sop_instance_uid}.dcm",
+            path=f"{relative_dir}/{self.sop_instance_uid}.dcm",
             size=self._size,
             digest=self._hash.hexdigest(),
             calling_ae=self.calling_ae,

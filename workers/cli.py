@@ -81,7 +81,7 @@ _SERVE_KEYS = {
     "host": "host", "port": "port", "aet": "aet", "storage": "storage", "index": "index",
     "workers": "workers", "indexers": "indexers", "durability": "durability",
     "duplicates": "duplicates", "digest": "digest", "journal_segment_bytes": "journal-segment-bytes",
-    "sop_classes": "sop-classes",
+    "sop_classes": "sop-classes", "incomplete": "incomplete",
     "max_associations": "max-associations", "max_pdu": "max-pdu",
     "require_calling_aet": "require-calling-aet", "require_called_aet": "require-called-aet",
     "allow_address": "allow-address",
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="storage SOP classes taken: any (default: a vendor's private classes and "
                             "classes newer than this release too) or only the known ones; other "
                             "abstract syntaxes are refused at negotiation")
+    store.add_argument("--incomplete", choices=("refuse", "quarantine"),
+                       help="a data set without a valid Study or Series Instance UID is refused "
+                            "(default, status A900) or kept as <storage>/quarantine/<SOP UID>.dcm, "
+                            "indexed but out of reach of query/retrieve; see 'scpfleet verify'")
     store.add_argument("--digest", choices=("xxh3-128", "sha256"),
                        help="content digest of every data set, kept in the index: xxh3-128 (default) "
                             "detects accidental corruption, not tampering; sha256 also tampering "

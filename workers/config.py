@@ -82,6 +82,10 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # guarantees): XXH3-128 finds accidental corruption at no cost, SHA-256 also
     # tampering, at ~0.3 ms of CPU per 0.5 MB.
     digest: Literal["xxh3-128", "sha256"] = "xxh3-128"
+    # A data set without a valid Study or Series Instance UID (its path is made of them)
+    # is refused (0xA900), or kept as quarantine/<SOPInstanceUID>.dcm, indexed with what
+    # it has, out of reach of query/retrieve.
+    incomplete: Literal["refuse", "quarantine"] = "refuse"
     # A worker's journal segment is rotated past this size (64 MiB: ~100k records, about
     # a second to replay), so a long-running worker's journal does not grow unbounded.
     journal_segment_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] = 64 << 20

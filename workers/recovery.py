@@ -29,6 +29,7 @@ from collections.abc import Iterable
 
 from storage import (
     DEFAULT_DIGEST,
+    QUARANTINE_DIR,
     TEMP_DIR,
     Catalog,
     FileCheck,
@@ -83,12 +84,18 @@ def record_from_file(root: str, path: str, digest_algorithm: str = DEFAULT_DIGES
         st = os.fstat(fp.fileno())
     found = extractor.result
     relative = os.path.relpath(path, root)
-    study, series, _name = relative.split(os.sep)
+    parts = relative.split(os.sep)
+    if len(parts) == 3:  # <study>/<series>/<SOP>.dcm
+        study = found.study_instance_uid or parts[0]
+        series = found.series_instance_uid or parts[1]
+    else:  # quarantine/<SOP>.dcm: the UIDs the data set has, if they are UIDs
+        study = found.study_instance_uid if is_valid_uid(found.study_instance_uid) else ""
+        series = found.series_instance_uid if is_valid_uid(found.series_instance_uid) else ""
     return InstanceRecord(
         sop_instance_uid=meta.media_storage_sop_instance_uid or found.sop_instance_uid or "",
         sop_class_uid=meta.media_storage_sop_class_uid or found.sop_class_uid or "",
-        study_instance_uid=found.study_instance_uid or study,
-        series_instance_uid=found.series_instance_uid or series,
+        study_instance_uid=study,
+        series_instance_uid=series,
         patient_id=found.patient_id,
         patient_name=found.patient_name,
         modality=found.modality,
@@ -103,11 +110,31 @@ def record_from_file(root: str, path: str, digest_algorithm: str = DEFAULT_DIGES
         received_at=st.st_mtime,
         generation=file_generation(st),
         digest_algorithm=digest_algorithm,
+        study_time=found.study_time,
+        accession_number=found.accession_number,
+        study_id=found.study_id,
+        study_description=found.study_description,
+        referring_physician_name=found.referring_physician_name,
+        patient_birth_date=found.patient_birth_date,
+        patient_sex=found.patient_sex,
+        series_number=found.series_number,
+        series_description=found.series_description,
+        body_part_examined=found.body_part_examined,
     )
 
 
 def _recent_files(root: str, since: float) -> Iterable[str]:
-    """``.dcm`` files in ``<root>/<study>/<series>/`` directories modified at or after ``since``."""
+    """``.dcm`` files in ``<root>/<study>/<series>/`` (and ``<root>/quarantine/``)
+    directories modified at or after ``since``."""
+    quarantine = os.path.join(root, QUARANTINE_DIR)
+    try:
+        if os.stat(quarantine).st_mtime >= since:
+            with os.scandir(quarantine) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".dcm"):
+                        yield entry.path
+    except FileNotFoundError:
+        pass
     with os.scandir(root) as studies:
         for study in studies:
             if not is_valid_uid(study.name) or not study.is_dir(follow_symlinks=False):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from storage import (
     DEFAULT_DIGEST,
+    QUARANTINE_DIR,
     SUPERSEDED_DIR,
     Catalog,
     FileCheck,
@@ -93,7 +94,16 @@ def lock_root(root: str) -> int:
 
 
 def instance_files(root: str) -> Iterator[tuple[str, str]]:
-    """``(sop_instance_uid, relative path)`` of every instance file under ``root``."""
+    """``(sop_instance_uid, relative path)`` of every instance file under ``root``:
+    ``<study>/<series>/<SOP>.dcm`` and ``quarantine/<SOP>.dcm``."""
+    try:
+        with os.scandir(os.path.join(root, QUARANTINE_DIR)) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".dcm") and entry.is_file(follow_symlinks=False):
+                    yield name[:-4], f"{QUARANTINE_DIR}/{name}"
+    except FileNotFoundError:
+        pass
     with os.scandir(root) as studies:
         for study in studies:
             if not is_valid_uid(study.name) or not study.is_dir(follow_symlinks=False):

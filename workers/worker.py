@@ -86,6 +86,7 @@ def storage_config(cfg: NodeConfig) -> StorageConfig:
         durability=cfg.durability,
         duplicate_policy=cfg.duplicates,
         digest=cfg.digest,
+        incomplete=cfg.incomplete,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
     )

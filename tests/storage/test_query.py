@@ -229,6 +229,18 @@ def test_hierarchical_image_query(catalog: Catalog) -> None:
         (r for r in CORPUS if r.series_instance_uid == "1.2.4.0.1"), key=lambda r: r.sop_instance_uid)
 
 
+def test_quarantined_instances_are_out_of_every_query(catalog: Catalog) -> None:
+    """Rows without a Study or Series Instance UID (kept by ``incomplete quarantine``)
+    have no place in the hierarchy: no level lists them, no count includes them."""
+    catalog.apply([msgspec.structs.replace(record(900_001, patient="P1"), study_instance_uid="",
+                                           path="quarantine/1.2.3.900001.dcm"),
+                   msgspec.structs.replace(record(900_002, patient="P9"), series_instance_uid="",
+                                           path="quarantine/1.2.3.900002.dcm")])
+    for level in LEVELS:
+        check(catalog, CatalogQuery(level, aggregates=AGGREGATES[level]), pages=(1000,))
+    assert catalog.get("1.2.3.900001") is not None  # indexed all the same
+
+
 def test_a_cursor_sees_rows_stored_after_its_last_key(catalog: Catalog) -> None:
     cursor = catalog.query(CatalogQuery("IMAGE"))
     first = cursor.fetch(2)

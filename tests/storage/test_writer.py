@@ -25,6 +25,7 @@ import xxhash
 
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage import (
+    QUARANTINE_DIR,
     TEMP_DIR,
     DurableDirs,
     InstanceRecord,
@@ -693,6 +694,43 @@ def test_data_set_not_matching_is_refused_without_a_path(tmp_path: Path, overrid
     assert writer.final_path is None
     assert leftovers(tmp_path) == ([], [])
     assert sorted(os.listdir(tmp_path)) == [TEMP_DIR]  # no directory was made either
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"StudyInstanceUID": None}, {"SeriesInstanceUID": "1.2.x"}, {"StudyInstanceUID": "../../../tmp/evil"}],
+)
+def test_incomplete_data_set_quarantined_when_configured(tmp_path: Path, overrides: dict) -> None:
+    ds = dataset()
+    for key, value in overrides.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    sop = EXPECTED.sop_instance_uid or ""
+    data = encode(ds, EXPLICIT)
+    writer = stream(make_writer(make_config(tmp_path, incomplete="quarantine"), sop), data)
+    record = publish_now(writer)
+    assert record.path == f"{QUARANTINE_DIR}/{sop}.dcm"
+    assert writer.final_path == f"{tmp_path}/{QUARANTINE_DIR}/{sop}.dcm"
+    # What is a UID is kept; what is not is left empty, never used in a path.
+    for key, field in (("StudyInstanceUID", "study_instance_uid"), ("SeriesInstanceUID", "series_instance_uid")):
+        value = getattr(record, field)
+        assert value == (str(getattr(ds, key)) if key not in overrides else "")
+    assert record.patient_id == ds.PatientID and record.sop_instance_uid == sop
+    assert pydicom.dcmread(tmp_path / record.path).SOPInstanceUID == sop
+    assert sorted(os.listdir(tmp_path)) == sorted([TEMP_DIR, QUARANTINE_DIR])
+    assert leftovers(tmp_path)[0] == []
+    # A complete data set of the same configuration still goes to its series directory.
+    other = dataset("1.2.3.4.5")
+    complete = publish_now(stream(make_writer(make_config(tmp_path, incomplete="quarantine"), "1.2.3.4.5"),
+                                  encode(other, EXPLICIT)))
+    assert complete.path == f"{other.StudyInstanceUID}/{other.SeriesInstanceUID}/1.2.3.4.5.dcm"
+
+
+def test_incomplete_must_be_refuse_or_quarantine(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="incomplete"):
+        make_config(tmp_path, incomplete="keep")
 
 
 def test_unreadable_data_set_is_cannot_understand(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import msgspec
 from pydicom.dataset import Dataset
 
 from storage import (
+    QUARANTINE_DIR,
     SUPERSEDED_DIR,
     FileCheck,
     InstanceRecord,
@@ -38,18 +39,23 @@ def uid(n: int) -> str:
     return f"1.2.826.0.1.3680043.8.498.{3000 + n}"
 
 
-def publish(root: Path, n: int, *, patient: str = "P", study: str = STUDY, journal: JournalWriter | None = None,
-            pad: int = 0) -> InstanceRecord:
-    """Store instance ``n`` as a worker does; journal it only when given a journal."""
+def publish(root: Path, n: int, *, patient: str = "P", study: str | None = STUDY,
+            journal: JournalWriter | None = None, pad: int = 0, **attributes: str) -> InstanceRecord:
+    """Store instance ``n`` as a worker does; journal it only when given a journal.
+    ``study`` None: a data set without Study Instance UID, quarantined."""
     ds = Dataset()
     ds.SOPClassUID = CT
     ds.SOPInstanceUID = uid(n)
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = study + ".1"
+    if study is not None:
+        ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = (study or STUDY) + ".1"
     ds.PatientID = patient
     ds.PatientName = "DOE^" + "X" * pad
     ds.Modality = "CT"
-    writer = InstanceWriter(make_config(root, durability="none"), CT, uid(n), EXPLICIT, "MOD", "ARC")
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    config = make_config(root, durability="none", incomplete="quarantine" if study is None else "refuse")
+    writer = InstanceWriter(config, CT, uid(n), EXPLICIT, "MOD", "ARC")
     writer.begin()
     writer.write(encode(ds, EXPLICIT))
     record = writer.finish()
@@ -74,6 +80,28 @@ def test_a_record_rebuilt_from_its_file_is_the_writers(tmp_path: Path) -> None:
     assert rebuilt.generation == made.generation == (tmp_path / made.path).stat().st_mtime_ns
     # What the file cannot say: when exactly it arrived (its mtime is the stamp).
     assert msgspec.structs.replace(rebuilt, received_at=made.received_at) == made
+
+
+def test_a_record_rebuilt_from_its_file_has_the_query_attributes(tmp_path: Path) -> None:
+    attributes = {"AccessionNumber": "ACC1", "StudyTime": "101010", "StudyID": "S1",
+                  "StudyDescription": "HEAD", "ReferringPhysicianName": "REF^A", "PatientBirthDate": "19700101",
+                  "PatientSex": "F", "SeriesNumber": "3", "SeriesDescription": "AX", "BodyPartExamined": "HEAD"}
+    for n, study in ((1, STUDY), (2, None)):
+        made = publish(tmp_path, n, study=study, **attributes)
+        assert made.accession_number == "ACC1" and made.body_part_examined == "HEAD"
+        rebuilt = record_from_file(str(tmp_path), str(tmp_path / made.path))
+        assert msgspec.structs.replace(rebuilt, received_at=made.received_at) == made
+
+
+def test_reconcile_indexes_a_quarantined_instance(tmp_path: Path) -> None:
+    with SqliteCatalog(tmp_path / "index.sqlite") as catalog:
+        since = time.time() - 60
+        lost = publish(tmp_path, 5, study=None)
+        assert lost.path == f"{QUARANTINE_DIR}/{uid(5)}.dcm"
+        assert (lost.study_instance_uid, lost.series_instance_uid) == ("", STUDY + ".1")
+        assert reconcile(str(tmp_path), catalog, since, files=FileCheck(tmp_path)) == 1
+        assert catalog.get(uid(5)).path == lost.path
+        assert reconcile(str(tmp_path), catalog, since, files=FileCheck(tmp_path)) == 0
 
 
 def test_reconcile_indexes_what_the_index_does_not_describe(tmp_path: Path) -> None:

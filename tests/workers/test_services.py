@@ -172,3 +172,43 @@ def test_known_sop_classes_only_refuses_it_at_negotiation(tmp_path: Path) -> Non
     accepted, _ = _store_private(tmp_path, unknown=False)
     assert not accepted
     assert not list(tmp_path.rglob("*.dcm"))
+
+
+def _store_without_study(tmp_path: Path, incomplete: str) -> int:
+    ds = make_dataset("tiny", seed=11, unique=True)
+    del ds.StudyInstanceUID
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        store = PosixInstanceStore(make_config(tmp_path, durability="none", incomplete=incomplete), loop)
+        services = build_services(store, called_ae="NODE")
+        policy = aio.AcceptorPolicy(ae_title=b"NODE".ljust(16), supported_contexts=services.contexts,
+                                    implementation_class_uid="1.2.826.0.1.3680043.8.498.5")
+        server = aio.AssociationServer(aio.ServerConfig(policy=policy, services=services.registry,
+                                                        maximum_associations=None), loop=loop)
+        _, port = await server.start(HOST, 0)
+        try:
+            config = aio.RequestorConfig(
+                calling_ae_title=b"MOD".ljust(16), called_ae_title=b"NODE".ljust(16),
+                contexts=[build_context(ds.SOPClassUID, "1.2.840.10008.1.2.1")],
+                implementation_class_uid="1.2.826.0.1.3680043.8.498.6")
+            assoc = await aio.associate(HOST, port, config)
+            answer = await assoc.send_c_store(ds)
+            await assoc.release()
+            return int(answer.Status)
+        finally:
+            await server.close(grace=1.0)
+            await store.aclose()
+
+    return run(main)
+
+
+def test_a_data_set_without_study_uid_is_refused_by_default(tmp_path: Path) -> None:
+    assert _store_without_study(tmp_path, "refuse") == 0xA900
+    assert not list(tmp_path.rglob("*.dcm"))
+
+
+def test_a_data_set_without_study_uid_is_quarantined_when_asked(tmp_path: Path) -> None:
+    assert _store_without_study(tmp_path, "quarantine") == 0
+    stored = list(tmp_path.rglob("*.dcm"))
+    assert [p.parent.name for p in stored] == ["quarantine"]

@@ -33,15 +33,18 @@ def uid(n: int) -> str:
     return f"1.2.826.0.1.3680043.8.498.{1000 + n}"
 
 
-def store(root: Path, n: int, study: str = STUDY, patient: str = "P", journal: JournalWriter | None = None,
+def store(root: Path, n: int, study: str | None = STUDY, patient: str = "P", journal: JournalWriter | None = None,
           index: bool = True) -> InstanceRecord:
+    """``study`` None: a data set without Study Instance UID, quarantined."""
     ds = Dataset()
     ds.SOPClassUID = CT
     ds.SOPInstanceUID = uid(n)
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = study + ".1"
+    if study is not None:
+        ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = (study or STUDY) + ".1"
     ds.PatientID = patient
-    writer = InstanceWriter(make_config(root, durability="none"), CT, uid(n), EXPLICIT, "MOD", "ARC")
+    config = make_config(root, durability="none", incomplete="quarantine" if study is None else "refuse")
+    writer = InstanceWriter(config, CT, uid(n), EXPLICIT, "MOD", "ARC")
     writer.begin()
     writer.write(encode(ds, EXPLICIT))
     record = writer.finish()
@@ -111,6 +114,27 @@ def test_repair_leaves_an_index_that_agrees(damaged: tuple[Path, dict[str, str]]
     # The damaged file is still reported: the row's digest is what was received.
     code, out = run(capsys, "--storage", str(root), "--digests", "--json")
     assert code == 1 and json.loads(out)["before"]["damaged"] == [expected["damaged"]]
+
+
+def test_quarantined_files_are_verified_and_repaired_like_any(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    journal = JournalWriter(root, "w0-1-1")
+    indexed = store(root, 1, study=None, journal=journal)
+    journal.close()
+    with SqliteCatalog(root / "index.sqlite") as catalog:
+        replay(root, catalog, files=FileCheck(root))
+    code, out = run(capsys, "--storage", str(root), "--digests", "--json")
+    assert code == 0 and json.loads(out)["before"]["problems"] == 0
+    unindexed = store(root, 2, study=None)
+    assert unindexed.path == f"quarantine/{uid(2)}.dcm" and indexed.path == f"quarantine/{uid(1)}.dcm"
+    code, out = run(capsys, "--storage", str(root), "--json")
+    assert code == 1 and json.loads(out)["before"]["unindexed"] == [unindexed.path]
+    code, out = run(capsys, "--storage", str(root), "--repair", "--json")
+    assert code == 0 and json.loads(out)["after"]["problems"] == 0
+    with SqliteCatalog(root / "index.sqlite") as catalog:
+        assert catalog.get(uid(2)).path == unindexed.path
 
 
 def test_repair_restores_a_file_left_in_superseded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
