@@ -51,6 +51,7 @@ def test_file_then_flags(tmp_path: Path):
         ("colour = 1", "colour"),
         ('durability = "sometimes"', "durability"),
         ('digest = "md5"', "digest"),
+        ('incomplete = "keep"', "incomplete"),
         ('aet = "THIS TITLE IS FAR TOO LONG"', "aet"),
         ('tls-cert = "x.pem"', "tls-key"),
         ("port = [", "invalid TOML"),
@@ -99,6 +100,19 @@ def test_check_config_shows_precedence(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
     assert (config["port"], config["workers"], config["aet"], config["digest"]) == (5555, 3, "SCPFLEET", "sha256")
+
+
+def test_incomplete_reaches_the_storage_configuration(tmp_path: Path):
+    from workers.worker import storage_config
+
+    path = tmp_path / "node.toml"
+    path.write_text('incomplete = "quarantine"\n')
+    assert storage_config(load_config(None, {})).incomplete == "refuse"
+    assert storage_config(load_config(str(path), {})).incomplete == "quarantine"
+    done = scpfleet("serve", "--incomplete", "quarantine", "--check-config")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["incomplete"] == "quarantine"
+    _one_line_error(scpfleet("serve", "--incomplete", "drop"), "incomplete")
 
 
 def test_help_explains():
