@@ -97,8 +97,9 @@ class InstanceUnavailable(StorageError):
 
 class UploadRequest(msgspec.Struct, frozen=True, kw_only=True):
     """What is known of an instance before its first byte: the command's UIDs, the
-    transfer syntax its data set is encoded in, the two AE titles, and when it was
-    received (Unix time; 0 means "now", read by the store when the upload opens)."""
+    transfer syntax its data set is encoded in, the two AE titles, the sender's network
+    address (its IP address as text, "" when unknown), and when it was received (Unix
+    time; 0 means "now", read by the store when the upload opens)."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -106,6 +107,7 @@ class UploadRequest(msgspec.Struct, frozen=True, kw_only=True):
     calling_ae: str
     called_ae: str
     received_at: float = 0.0
+    calling_address: str = ""
 
 
 @runtime_checkable

@@ -137,6 +137,7 @@ class PosixInstanceStore:
             request.calling_ae,
             request.called_ae,
             received_at=request.received_at or None,
+            calling_address=request.calling_address,
         )
         writer.begin()
         return _PosixUpload(self, writer)

@@ -64,11 +64,13 @@ __all__ = ["PostgresCatalog", "POSTGRES_SCHEMA", "SCHEMA_VERSION"]
 _COLUMNS = InstanceRecord.__struct_fields__
 
 #: The schema version this module writes (table ``schema_version``); the columns are
-#: those of SQLite's version 2.
-SCHEMA_VERSION = 2
+#: those of SQLite's version of the same number. Version 3 adds ``calling_address``; a
+#: node that finds version 2 adds it (:data:`_UPGRADES`).
+SCHEMA_VERSION = 3
 
 _TYPES = {"size": "BIGINT NOT NULL", "received_at": "DOUBLE PRECISION NOT NULL",
-          "generation": "BIGINT NOT NULL DEFAULT 0"}
+          "generation": "BIGINT NOT NULL DEFAULT 0",
+          "calling_address": "TEXT COLLATE \"C\" NOT NULL DEFAULT ''"}
 _REQUIRED = frozenset(("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid",
                        "transfer_syntax_uid", "path", "digest", "calling_ae", "called_ae", "digest_algorithm"))
 
@@ -134,6 +136,12 @@ CREATE VIEW patients AS
     FROM instances GROUP BY patient_id;
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 """
+
+#: From an older version to the next: the statements, run under the schema lock in the
+#: transaction that records the new version. Only additions, so older nodes' rows stay.
+_UPGRADES = {
+    2: "ALTER TABLE instances ADD COLUMN IF NOT EXISTS calling_address " + _TYPES["calling_address"],
+}
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
 # The batch table: one per connection, emptied by every commit (or rollback).
@@ -344,6 +352,15 @@ class PostgresCatalog:
                 return
             row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
             version = row[0] if row else None
+            if isinstance(version, int) and version < SCHEMA_VERSION and all(
+                    v in _UPGRADES for v in range(version, SCHEMA_VERSION)):
+                if self.read_only:
+                    raise CatalogError(f"index schema version {version}, this scpfleet reads {SCHEMA_VERSION}: "
+                                       "start a node once to upgrade it")
+                for step in range(version, SCHEMA_VERSION):
+                    db.execute(_UPGRADES[step])
+                db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+                return
             if version != SCHEMA_VERSION:
                 raise CatalogError(
                     f"index schema version {version} is newer than this scpfleet supports ({SCHEMA_VERSION}); "

@@ -61,6 +61,8 @@ class InstanceRecord(msgspec.Struct, frozen=True, array_like=True):
     series_number: str | None = None
     series_description: str | None = None
     body_part_examined: str | None = None
+    # -- appended in record version 3 -------------------------------------------------
+    calling_address: str = ""
 
 
 #: The fields a catalog matches query keys on (PS3.4 C.6.1.1.2 to C.6.1.1.5 keys the

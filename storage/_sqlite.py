@@ -38,8 +38,9 @@ _COLUMNS = InstanceRecord.__struct_fields__
 
 #: The schema version this module writes (``PRAGMA user_version``). 0 is the first
 #: layout (no version recorded); 2 renames ``sha256`` to ``digest`` and adds the
-#: record's version-2 fields, the node column and the query indexes.
-SCHEMA_VERSION = 2
+#: record's version-2 fields, the node column and the query indexes; 3 adds the record's
+#: ``calling_address``.
+SCHEMA_VERSION = 3
 
 #: The whole schema, applied idempotently at open.
 #:  - ``instances``: one row per SOP instance (PS3.3 C.12.1 SOP Instance UID is unique),
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS instances (
     series_number       TEXT,
     series_description  TEXT,
     body_part_examined  TEXT,
+    calling_address     TEXT NOT NULL DEFAULT '',
     node                TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS journal_progress (
@@ -136,10 +138,14 @@ _V2_COLUMNS = (
     ("node", "TEXT NOT NULL DEFAULT ''"),
 )
 
+#: Columns version 3 added.
+_V3_COLUMNS = (("calling_address", "TEXT NOT NULL DEFAULT ''"),)
+
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction (PS: no data moves:
-    version 2 renames one column and adds others with their defaults)."""
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction (no data moves:
+    version 2 renames one column and adds others with their defaults, version 3 adds one
+    column with its default)."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise CatalogError(
@@ -157,7 +163,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
         if "sha256" in columns and "digest" not in columns:
             db.execute("ALTER TABLE instances RENAME COLUMN sha256 TO digest")
-        for name, declaration in _V2_COLUMNS:
+        for name, declaration in (*_V2_COLUMNS, *_V3_COLUMNS):
             if name not in columns:
                 db.execute(f"ALTER TABLE instances ADD COLUMN {name} {declaration}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -280,13 +280,14 @@ class InstanceWriter:
     unpublished writer is aborted on exit.
 
     ``received_at`` (Unix time) is the caller's; when omitted, :meth:`begin` reads the
-    clock.
+    clock. ``calling_address``: the sender's IP address as text, kept in the record.
     """
 
     __slots__ = (
         "config", "sop_class_uid", "sop_instance_uid", "transfer_syntax_uid", "calling_ae",
-        "called_ae", "received_at", "refused", "duplicate", "record", "final_path", "temp_path",
-        "_fd", "_state", "_size", "_hash", "_meta", "_pending", "_dirs", "_series", "_made",
+        "called_ae", "calling_address", "received_at", "refused", "duplicate", "record",
+        "final_path", "temp_path", "_fd", "_state", "_size", "_hash", "_meta", "_pending",
+        "_dirs", "_series", "_made",
     )
 
     def __init__(
@@ -299,6 +300,7 @@ class InstanceWriter:
         called_ae: str,
         *,
         received_at: float | None = None,
+        calling_address: str = "",
     ) -> None:
         self.config = config
         self.sop_class_uid = sop_class_uid
@@ -306,6 +308,7 @@ class InstanceWriter:
         self.transfer_syntax_uid = transfer_syntax_uid
         self.calling_ae = calling_ae.strip(" ")
         self.called_ae = called_ae.strip(" ")
+        self.calling_address = calling_address
         self.received_at = received_at
         self.refused: StoreRefused | None = None
         #: True when ``keep`` found the instance already stored and discarded this copy.
@@ -570,6 +573,7 @@ class InstanceWriter:
             series_number=get("series_number"),
             series_description=get("series_description"),
             body_part_examined=get("body_part_examined"),
+            calling_address=self.calling_address,
         )
         self._state = _FINISHED
         return self.record

@@ -319,10 +319,11 @@ def _ls(args: argparse.Namespace) -> int:
         for record in records:
             out.write(json.dumps(msgspec.structs.asdict(record)) + "\n")
         return 0
-    out.write("RECEIVED\tPATIENT\tMODALITY\tSTUDY\tSERIES\tSOP_INSTANCE\tSIZE\tPATH\n")
+    out.write("RECEIVED\tFROM\tPATIENT\tMODALITY\tSTUDY\tSERIES\tSOP_INSTANCE\tSIZE\tPATH\n")
     for r in records:
         when = datetime.datetime.fromtimestamp(r.received_at).isoformat(timespec="seconds")
-        out.write(f"{when}\t{r.patient_id or '-'}\t{r.modality or '-'}\t{r.study_instance_uid}\t"
+        sender = f"{r.calling_ae or '-'}@{r.calling_address}" if r.calling_address else (r.calling_ae or "-")
+        out.write(f"{when}\t{sender}\t{r.patient_id or '-'}\t{r.modality or '-'}\t{r.study_instance_uid}\t"
                   f"{r.series_instance_uid}\t{r.sop_instance_uid}\t{r.size}\t{r.path}\n")
     return 0
 

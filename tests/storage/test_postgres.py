@@ -68,6 +68,23 @@ def test_nodes_starting_together_create_the_schema_once(postgres_url: str) -> No
     assert rows_of(postgres_url, "SELECT COUNT(*) FROM instances") == [(6,)]
 
 
+def test_a_version_2_schema_is_upgraded_by_a_node_not_by_a_reader(postgres_url: str) -> None:
+    with open_catalog(postgres_url, node="a") as catalog:
+        catalog.apply([record(1)])
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # back to version 2
+        db.execute("ALTER TABLE instances DROP COLUMN calling_address")
+        db.execute("UPDATE schema_version SET version = 2")
+    with pytest.raises(CatalogError, match="start a node once") as refused:
+        PostgresCatalog(postgres_url, node="a", read_only=True).count()
+    assert "\n" not in str(refused.value)
+    with open_catalog(postgres_url, node="a") as catalog:
+        assert catalog.get("1.2.3.1") == record(1)  # the old row, with the default ""
+        catalog.apply([msgspec.structs.replace(record(2), calling_address="192.0.2.7")])
+        got = catalog.get("1.2.3.2")
+        assert got is not None and got.calling_address == "192.0.2.7"
+    assert rows_of(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
 def test_a_newer_or_foreign_schema_is_a_one_line_error(postgres_url: str, postgres_database: str) -> None:
     with open_catalog(postgres_url, node="a"):
         pass

@@ -157,6 +157,18 @@ class Node:
             db.close()
         return {uid: (algorithm, digest) for uid, algorithm, digest in rows}
 
+    def index_senders(self) -> dict[str, tuple[str, str]]:
+        """sop_instance_uid -> (calling_ae, calling_address) from the SQLite index."""
+        path = self.storage / "index.sqlite"
+        if not path.exists():
+            return {}
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute("SELECT sop_instance_uid, calling_ae, calling_address FROM instances").fetchall()
+        finally:
+            db.close()
+        return {uid: (ae, address) for uid, ae, address in rows}
+
     def stored_files(self) -> dict[str, Path]:
         """sop_instance_uid -> path of every visible instance file (never under .tmp)."""
         out = {}

@@ -181,6 +181,9 @@ def test_eight_storescu_through_haproxy(cluster: LocalCluster, cluster_files: di
     assert set(per_node) == {"node1", "node2", "node3"}, per_node  # every node got work
     assert cluster.haproxy is not None
     assert all(cluster.haproxy.sessions()[m.name] for m in cluster.members)
+    with psycopg.connect(cluster.index_url) as db:  # PROXY v2: rows name the modality, not HAProxy's hop
+        senders = db.execute("SELECT DISTINCT calling_ae, calling_address FROM instances").fetchall()
+    assert senders == [("LOADSCU", "127.0.0.1")], senders
     for member in cluster.members:  # /metrics shows each node's index lag, now none
         deadline = time.monotonic() + 10
         while not re.search(r'^scpfleet_index_lag_records\{[^}]*node="%s"[^}]*\} 0\.0$' % member.name,

@@ -229,3 +229,8 @@ def test_a_node_takes_the_client_address_from_its_balancer_only(node_factory, ti
     assert "no PROXY protocol version 2 signature" in log
     assert "peer address ('198.51.100.1', 4242) is not allowed" in log
     assert not [line for line in node.association_lines() if f"peer={BALANCER}:" in line and "outcome=released" in line]
+    # The index, too, names the client, not the balancer: the one instance stored went
+    # through the balancer for 192.0.2.5.
+    node.wait_for(lambda: len(node.index_senders()) == 1, what="the stored instance indexed")
+    [(_, address)] = node.index_senders().values()
+    assert address == "192.0.2.5"

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine import aio, build_context, status
 from engine.sop_class import Verification
-from storage import PosixInstanceStore, Refusal
+from storage import JournalReader, PosixInstanceStore, Refusal
 from tests.dicomdata import make_dataset
 from tests.storage import make_config
 from workers.associations import Admission, AssociationLog
@@ -65,7 +65,8 @@ def test_storage_scp_stores_reports_and_refuses_while_draining(tmp_path: Path) -
 
     async def main() -> Any:
         loop = asyncio.get_running_loop()
-        store = PosixInstanceStore(make_config(tmp_path, durability="none"), loop)
+        store = PosixInstanceStore(make_config(tmp_path, durability="none"), loop,
+                                   segment_label="w0", segment_bytes=1 << 20)
         services = build_services(store, called_ae="NODE", observer=book)
         policy = aio.AcceptorPolicy(ae_title=b"NODE".ljust(16), supported_contexts=services.contexts,
                                     implementation_class_uid="1.2.826.0.1.3680043.8.498.5")
@@ -96,6 +97,9 @@ def test_storage_scp_stores_reports_and_refuses_while_draining(tmp_path: Path) -
     assert book.instances == 2 and book.failures == 1 and book.bytes > 0
     assert sum(book.latency_counts) == 2
     assert len(list(tmp_path.rglob("*.dcm"))) == 2
+    # Each record names its sender: AE title and network address.
+    records = [r for segment in (tmp_path / ".journal").iterdir() for r, _ in JournalReader(segment).read_from()]
+    assert {(r.calling_ae, r.calling_address) for r in records} == {("MOD", HOST)} and len(records) == 2
 
 
 class _Assoc:

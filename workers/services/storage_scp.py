@@ -242,6 +242,7 @@ class StorageSCP:
                 transfer_syntax_uid=request.transfer_syntax,
                 calling_ae=calling_title(assoc),
                 called_ae=self.called_ae,
+                calling_address=assoc.requestor.address or "",
             ))
         except StoreRefused as exc:
             return self.refused(assoc, sop, exc)
