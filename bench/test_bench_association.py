@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engine import aio, build_context
-from engine._acse import AcceptorPolicy, build_request
+from engine import StoragePresentationContexts, aio, build_context
+from engine._acse import AcceptorPolicy, build_request, evaluate_request
 from engine._dimse import C_STORE_RQ, CStoreRQ, encode_command, fragment_message, iter_dataset_pdus
 from engine._pdu import encode_pdu
 from engine.presentation import assign_context_ids
@@ -158,3 +158,22 @@ def test_bench_tiny_instances(benchmark) -> None:  # type: ignore[no-untyped-def
 def test_bench_ct_instances_16k_pdus(benchmark) -> None:  # type: ignore[no-untyped-def]
     """200 CT-sized (512 KiB) C-STOREs cut at DCMTK's and pynetdicom's 16 KiB PDU."""
     _bench(benchmark, CT_SLICE, 16384)
+
+
+def test_bench_evaluate_a_storescu_sized_request(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """The acceptor's answer to an A-ASSOCIATE-RQ of 128 storage contexts, each with
+    three transfer syntaxes (what DCMTK storescu proposes by default): paid once per
+    association, so it weighs on loads of one instance per association."""
+    syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
+    proposed = [build_context(cx.abstract_syntax, syntaxes) for cx in StoragePresentationContexts[:128]]
+    policy = AcceptorPolicy(
+        ae_title=b"BENCH".ljust(16),
+        supported_contexts=[build_context(cx.abstract_syntax, syntaxes) for cx in StoragePresentationContexts],
+        implementation_class_uid="1.2.826.0.1.3680043.8.498.9",
+    )
+    rq = build_request(called_ae_title=b"BENCH".ljust(16), calling_ae_title=b"SCU".ljust(16),
+                       contexts=assign_context_ids(proposed), maximum_pdu_size=16384,
+                       implementation_class_uid="1.2.826.0.1.3680043.8.498.10",
+                       implementation_version_name=None)
+    answer, contexts = benchmark(evaluate_request, rq, policy)
+    assert len(contexts) == 128 and all(cx.result == 0 for cx in contexts)

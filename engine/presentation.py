@@ -97,7 +97,11 @@ def validate_uid(value: object, what: str = "UID") -> UID:
     malformed UID -- the same rule as ``pydicom.uid.UID.is_valid``, minus the trailing
     newline that ``is_valid`` lets through.
     """
-    if isinstance(value, (bytes, bytearray)):
+    if isinstance(value, UID):
+        if value in _VALID_UIDS:  # checked before (a UID is a str: equal text, same key)
+            return value
+        text = str(value)
+    elif isinstance(value, (bytes, bytearray)):
         try:
             text = bytes(value).decode("ascii")
         except UnicodeDecodeError:
@@ -106,9 +110,24 @@ def validate_uid(value: object, what: str = "UID") -> UID:
         text = str(value)
     else:
         raise TypeError(f"{what} must be str, pydicom UID or bytes, not {type(value).__name__}")
+    uid = _VALID_UIDS.get(text)
+    if uid is not None:
+        return value if isinstance(value, UID) else uid
     if not is_valid_uid(text):
         raise ValueError(f"invalid {what} {text!r}: not a valid UID (PS3.5 9.1)")
-    return value if isinstance(value, UID) else UID(text)
+    uid = UID(text)
+    if len(_VALID_UIDS) >= _VALID_UIDS_MAX:
+        _VALID_UIDS.clear()
+    _VALID_UIDS[text] = uid
+    return value if isinstance(value, UID) else uid
+
+
+#: UIDs already checked, by their text: every association proposes the same hundred or
+#: so abstract and transfer syntaxes, and building a pydicom UID costs microseconds (its
+#: own validation). Peers choose these strings, so the memory is bounded (past it, it
+#: starts again); only valid UIDs are kept.
+_VALID_UIDS: dict[str, UID] = {}
+_VALID_UIDS_MAX = 4096
 
 
 def _validate_context_id(value: object) -> int | None:
@@ -133,7 +152,7 @@ def _uid_list(value: object, what: str) -> list[UID]:
     items: Iterable[object]
     if isinstance(value, (str, bytes, bytearray)):
         items = [value]
-    elif isinstance(value, Iterable):
+    elif isinstance(value, (list, tuple)) or isinstance(value, Iterable):
         items = value
     else:
         raise TypeError(f"{what} must be a UID or a list of UIDs, not {type(value).__name__}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import warnings
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,26 @@ def test_validate_uid_accepts() -> None:
     assert validate_uid(uid) is uid
     long = "1." + "2" * 62  # 64 characters
     assert validate_uid(long) == long
+
+
+def test_validate_uid_remembers_valid_uids_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import presentation
+
+    monkeypatch.setattr(presentation, "_VALID_UIDS", {})
+    monkeypatch.setattr(presentation, "_VALID_UIDS_MAX", 8)
+    first = validate_uid("1.2.3.4")
+    assert validate_uid(b"1.2.3.4") is first and validate_uid("1.2.3.4") is first  # built once
+    with pytest.raises(ValueError):  # an invalid text is never remembered as valid
+        validate_uid("1.2.3.4\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the bad UID it is asked to build
+        bad = UID("1.02")
+    with pytest.raises(ValueError):
+        validate_uid(bad)
+    for n in range(20):
+        assert validate_uid(f"1.2.{n + 1}") == f"1.2.{n + 1}"
+    assert 0 < len(presentation._VALID_UIDS) <= 8
+    assert "1.02" not in presentation._VALID_UIDS and "1.2.3.4\n" not in presentation._VALID_UIDS
 
 
 def test_context_defaults() -> None:
