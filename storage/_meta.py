@@ -56,9 +56,11 @@ _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD
 
-# The attributes that name an instance, then the ones query/retrieve matches on (PS3.4
-# C.6.1.1.2 to C.6.1.1.5 keys), all in group 0008 to 0020 below Instance Number.
+# The attributes that name an instance, the ones query/retrieve matches on (PS3.4
+# C.6.1.1.2 to C.6.1.1.5 keys), and the Specific Character Set their text values are in
+# (PS3.3 C.12.1.1.2), all in group 0008 to 0020 below Instance Number.
 _WANTED = {
+    0x00080005: "specific_character_set",
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
     0x00080020: "study_date",
@@ -141,6 +143,8 @@ class InstanceMetadata(msgspec.Struct, frozen=True, kw_only=True):
     series_number: str | None = None
     series_description: str | None = None
     body_part_examined: str | None = None
+    #: As stored, values separated by backslashes (e.g. ``\\ISO 2022 IR 87``).
+    specific_character_set: str | None = None
 
     def query_fields(self) -> dict[str, str | None]:
         """The values of the record's query fields (:data:`~storage.QUERY_FIELDS`), by name."""

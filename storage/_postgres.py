@@ -64,8 +64,8 @@ __all__ = ["PostgresCatalog", "POSTGRES_SCHEMA", "SCHEMA_VERSION"]
 _COLUMNS = InstanceRecord.__struct_fields__
 
 #: The schema version this module writes (table ``schema_version``); the columns are
-#: those of SQLite's version of the same number. Version 3 adds ``calling_address``; a
-#: node that finds version 2 adds it (:data:`_UPGRADES`).
+#: those of SQLite's version of the same number. Version 3 adds ``calling_address`` and
+#: ``specific_character_set``; a node that finds version 2 adds them (:data:`_UPGRADES`).
 SCHEMA_VERSION = 3
 
 _TYPES = {"size": "BIGINT NOT NULL", "received_at": "DOUBLE PRECISION NOT NULL",
@@ -140,7 +140,8 @@ CREATE TABLE schema_version (version INTEGER NOT NULL);
 #: From an older version to the next: the statements, run under the schema lock in the
 #: transaction that records the new version. Only additions, so older nodes' rows stay.
 _UPGRADES = {
-    2: "ALTER TABLE instances ADD COLUMN IF NOT EXISTS calling_address " + _TYPES["calling_address"],
+    2: ("ALTER TABLE instances ADD COLUMN IF NOT EXISTS calling_address " + _TYPES["calling_address"],
+        "ALTER TABLE instances ADD COLUMN IF NOT EXISTS " + _column("specific_character_set")),
 }
 
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instances"
@@ -358,7 +359,8 @@ class PostgresCatalog:
                     raise CatalogError(f"index schema version {version}, this scpfleet reads {SCHEMA_VERSION}: "
                                        "start a node once to upgrade it")
                 for step in range(version, SCHEMA_VERSION):
-                    db.execute(_UPGRADES[step])
+                    for statement in _UPGRADES[step]:
+                        db.execute(statement)
                 db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
                 return
             if version != SCHEMA_VERSION:

@@ -71,10 +71,11 @@ _SERIES = ("series_instance_uid", "modality", "series_number", "series_descripti
 #: The fields a row of each level carries. A STUDY row has the patient's (the Study Root
 #: model puts them at study level), a SERIES row its study's and patient's UIDs and ID;
 #: an IMAGE row is the whole record (every field of :class:`~storage.InstanceRecord`).
+#: Every row has the Specific Character Set its text values were stored in.
 LEVEL_FIELDS: Mapping[str, tuple[str, ...]] = {
-    "PATIENT": _PATIENT,
-    "STUDY": _STUDY + _PATIENT,
-    "SERIES": _SERIES + ("study_instance_uid", "patient_id"),
+    "PATIENT": _PATIENT + ("specific_character_set",),
+    "STUDY": _STUDY + _PATIENT + ("specific_character_set",),
+    "SERIES": _SERIES + ("study_instance_uid", "patient_id", "specific_character_set"),
     "IMAGE": (),  # every record field; filled in by _record_fields()
 }
 

@@ -63,6 +63,7 @@ class InstanceRecord(msgspec.Struct, frozen=True, array_like=True):
     body_part_examined: str | None = None
     # -- appended in record version 3 -------------------------------------------------
     calling_address: str = ""
+    specific_character_set: str | None = None
 
 
 #: The fields a catalog matches query keys on (PS3.4 C.6.1.1.2 to C.6.1.1.5 keys the

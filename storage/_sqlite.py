@@ -39,7 +39,7 @@ _COLUMNS = InstanceRecord.__struct_fields__
 #: The schema version this module writes (``PRAGMA user_version``). 0 is the first
 #: layout (no version recorded); 2 renames ``sha256`` to ``digest`` and adds the
 #: record's version-2 fields, the node column and the query indexes; 3 adds the record's
-#: ``calling_address``.
+#: ``calling_address`` and ``specific_character_set``.
 SCHEMA_VERSION = 3
 
 #: The whole schema, applied idempotently at open.
@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS instances (
     series_description  TEXT,
     body_part_examined  TEXT,
     calling_address     TEXT NOT NULL DEFAULT '',
+    specific_character_set TEXT,
     node                TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS journal_progress (
@@ -139,13 +140,13 @@ _V2_COLUMNS = (
 )
 
 #: Columns version 3 added.
-_V3_COLUMNS = (("calling_address", "TEXT NOT NULL DEFAULT ''"),)
+_V3_COLUMNS = (("calling_address", "TEXT NOT NULL DEFAULT ''"), ("specific_character_set", "TEXT"))
 
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION` in one transaction (no data moves:
-    version 2 renames one column and adds others with their defaults, version 3 adds one
-    column with its default)."""
+    version 2 renames one column and adds others with their defaults, version 3 adds two
+    columns with their defaults)."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise CatalogError(

@@ -574,6 +574,7 @@ class InstanceWriter:
             series_description=get("series_description"),
             body_part_examined=get("body_part_examined"),
             calling_address=self.calling_address,
+            specific_character_set=get("specific_character_set"),
         )
         self._state = _FINISHED
         return self.record

@@ -117,6 +117,7 @@ def record_from_file(root: str, path: str, digest_algorithm: str = DEFAULT_DIGES
         referring_physician_name=found.referring_physician_name,
         patient_birth_date=found.patient_birth_date,
         patient_sex=found.patient_sex,
+        specific_character_set=found.specific_character_set,
         series_number=found.series_number,
         series_description=found.series_description,
         body_part_examined=found.body_part_examined,

@@ -31,12 +31,14 @@ EXPECTED = InstanceMetadata(
     modality="CT",
     study_date="20240102",
     instance_number="17",
+    specific_character_set="ISO_IR 100",
 )
 
 
 def _decoy() -> Dataset:
     """An item carrying the wanted tags with wrong values: nested, never to be captured."""
     item = Dataset()
+    item.SpecificCharacterSet = "ISO_IR 192"
     item.SOPClassUID = "9.9.1"
     item.SOPInstanceUID = "9.9.2"
     item.StudyInstanceUID = "9.9.3"

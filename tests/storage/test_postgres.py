@@ -72,16 +72,18 @@ def test_a_version_2_schema_is_upgraded_by_a_node_not_by_a_reader(postgres_url: 
     with open_catalog(postgres_url, node="a") as catalog:
         catalog.apply([record(1)])
     with psycopg.connect(postgres_url, autocommit=True) as db:  # back to version 2
-        db.execute("ALTER TABLE instances DROP COLUMN calling_address")
+        db.execute("ALTER TABLE instances DROP COLUMN calling_address, DROP COLUMN specific_character_set")
         db.execute("UPDATE schema_version SET version = 2")
     with pytest.raises(CatalogError, match="start a node once") as refused:
         PostgresCatalog(postgres_url, node="a", read_only=True).count()
     assert "\n" not in str(refused.value)
     with open_catalog(postgres_url, node="a") as catalog:
         assert catalog.get("1.2.3.1") == record(1)  # the old row, with the default ""
-        catalog.apply([msgspec.structs.replace(record(2), calling_address="192.0.2.7")])
+        catalog.apply([msgspec.structs.replace(record(2), calling_address="192.0.2.7",
+                                               specific_character_set="ISO_IR 144")])
         got = catalog.get("1.2.3.2")
         assert got is not None and got.calling_address == "192.0.2.7"
+        assert got.specific_character_set == "ISO_IR 144"
     assert rows_of(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
 
 

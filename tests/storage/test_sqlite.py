@@ -71,12 +71,13 @@ def test_a_version_0_index_is_upgraded_in_place(tmp_path: Path) -> None:
         assert catalog.count() == 1
 
 
-def test_a_version_2_index_gains_the_calling_address(tmp_path: Path) -> None:
+def test_a_version_2_index_gains_the_version_3_columns(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
     with SqliteCatalog(path) as catalog:
         catalog.apply([record(1)])
     db = sqlite3.connect(path)  # back to version 2: the column it did not have
     db.execute("ALTER TABLE instances DROP COLUMN calling_address")
+    db.execute("ALTER TABLE instances DROP COLUMN specific_character_set")
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
@@ -84,10 +85,12 @@ def test_a_version_2_index_gains_the_calling_address(tmp_path: Path) -> None:
         SqliteCatalog(path, read_only=True)
     with SqliteCatalog(path) as catalog:
         assert catalog.get("1.2.3.1") == record(1)  # the old row, with the default ""
-        catalog.apply([msgspec.structs.replace(record(2), calling_address="192.0.2.7")])
+        catalog.apply([msgspec.structs.replace(record(2), calling_address="192.0.2.7",
+                                               specific_character_set="ISO_IR 144")])
     with SqliteCatalog(path, read_only=True) as catalog:
         got = catalog.get("1.2.3.2")
         assert got is not None and got.calling_address == "192.0.2.7"
+        assert got.specific_character_set == "ISO_IR 144"
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()

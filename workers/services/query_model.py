@@ -19,12 +19,14 @@ translations:
   every key of the request, filled at its level, empty where this node has nothing.
 
 Character sets: the catalog keeps each text value as the bytes the instance carried,
-read as Latin-1, and no record says which character set they were in. A query value is
-decoded with the request's Specific Character Set and looked up in every form it can
+read as Latin-1, with the instance's Specific Character Set beside them. A query value
+is decoded with the request's Specific Character Set and looked up in every form it can
 have been stored in (as sent, as UTF-8, as Latin-1), so a name matches whichever of
-these the instance used. A response carries the stored bytes unchanged; when any of
-them is not ASCII, Specific Character Set says ISO_IR 192 if all such values are valid
-UTF-8, else ISO_IR 100.
+these the instance used. A response carries the stored bytes unchanged, under the
+Specific Character Set stored with them (for an entity above IMAGE, its instances';
+they normally agree). A row without one (an instance that had none, or indexed before
+the catalog kept it) is labelled by its bytes: when any is not ASCII, ISO_IR 192 if all
+such values are valid UTF-8, else ISO_IR 100.
 
 Nothing here does I/O; the providers run the queries.
 """
@@ -398,10 +400,14 @@ class FindPlan(NamedTuple):
                     texts.append(got)
             else:
                 values[tag] = (key.vr, [])
-        character_set = _character_set(texts)
-        if character_set is not None or charset_requested:
-            name = character_set or self._requested_charset()
-            values[_CHARACTER_SET] = ("CS", [name] if name else [])
+        stored = row.get("specific_character_set")
+        if stored and texts:  # the bytes are the instance's: say what they are in
+            values[_CHARACTER_SET] = ("CS", stored.split("\\"))
+        else:
+            character_set = _character_set(texts)
+            if character_set is not None or charset_requested:
+                name = character_set or self._requested_charset()
+                values[_CHARACTER_SET] = ("CS", [name] if name else [])
         return _encode([_raw(tag, vr, items) for tag, (vr, items) in sorted(values.items())], transfer_syntax)
 
     def _requested_charset(self) -> str | None:

@@ -183,6 +183,34 @@ def test_character_sets(qr_node: QRNode, tmp_path: Path) -> None:
         assert str(rsp.PatientName) == "Müller^Jürgen"
 
 
+def test_each_study_answers_in_its_own_character_set(tmp_path: Path) -> None:
+    """Names in Cyrillic (ISO_IR 144: not Latin-1, not UTF-8) and in Japanese (ISO 2022
+    IR 87: 7-bit bytes with escapes, which look like ASCII) come back as stored, each
+    under the Specific Character Set its instance had, which findscu decodes."""
+    from bench.corpus import make_dataset, make_uid, write_part10
+    from tests.workers.services.conftest import store_all
+
+    names = {"ACC-RU": ("ISO_IR 144", "Иванов^Иван"), "ACC-JA": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎")}
+    paths = []
+    for n, (accession, (charset, name)) in enumerate(names.items()):
+        ds = make_dataset("ct", study_uid=make_uid("cs-study", n), series_uid=make_uid("cs-series", n),
+                          sop_instance_uid=make_uid("cs-sop", n), patient_id=f"CS{n}", instance_number=1)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.AccessionNumber = accession
+        paths.append(write_part10(ds, tmp_path / f"{accession}.dcm"))
+    root = tmp_path / "root"
+    with QRNode(root) as node:
+        store_all(node, paths, tmp_path / "store-logs")
+        final, responses = find(node, ["QueryRetrieveLevel=STUDY", "PatientName", "AccessionNumber"], tmp_path)
+    assert final == "Success" and len(responses) == 2
+    got = {str(r.AccessionNumber): r for r in responses}
+    russian, japanese = got["ACC-RU"], got["ACC-JA"]
+    assert russian.SpecificCharacterSet == "ISO_IR 144" and str(russian.PatientName) == "Иванов^Иван"
+    assert list(japanese.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
+    assert str(japanese.PatientName) == "Yamada^Tarou=山田^太郎"
+
+
 # ------------------------------------------------------------------ refusals
 
 

@@ -95,6 +95,23 @@ def test_response_identifier_character_set_and_empty_keys() -> None:
                                                         "1.2.840.10008.1.2")
 
 
+def test_response_identifier_says_the_stored_character_set() -> None:
+    plan = find_plan(identifier(QueryRetrieveLevel="STUDY", PatientName="", StudyInstanceUID=""),
+                     "1.2.840.10008.1.2.1", STUDY_ROOT)
+    cyrillic = "Иванов".encode("iso8859_5").decode("latin-1")  # stored bytes, read as Latin-1
+    row = {"study_instance_uid": "1.2.3", "patient_name": cyrillic, "specific_character_set": "ISO_IR 144"}
+    ds = decode_dataset(plan.identifier(row, "1.2.840.10008.1.2.1", "AE"), "1.2.840.10008.1.2.1")
+    assert ds.SpecificCharacterSet == "ISO_IR 144" and str(ds.PatientName) == "Иванов"
+    # ISO 2022: 7-bit bytes and escapes, all ASCII, and still not the default repertoire.
+    jis = "Yamada=\x1b$B;3ED\x1b(B"
+    row = {"study_instance_uid": "1.2.3", "patient_name": jis, "specific_character_set": "\\ISO 2022 IR 87"}
+    ds = decode_dataset(plan.identifier(row, "1.2.840.10008.1.2.1", "AE"), "1.2.840.10008.1.2.1")
+    assert list(ds.SpecificCharacterSet) == ["", "ISO 2022 IR 87"] and str(ds.PatientName) == "Yamada=山田"
+    row = {"study_instance_uid": "1.2.3", "patient_name": cyrillic}  # indexed before the column
+    ds = decode_dataset(plan.identifier(row, "1.2.840.10008.1.2.1", "AE"), "1.2.840.10008.1.2.1")
+    assert ds.SpecificCharacterSet == "ISO_IR 100"  # labelled by its bytes, as before
+
+
 def test_retrieve_plans() -> None:
     model = MODELS[STUDY_ROOT_GET]
     plan = retrieve_plan(identifier(QueryRetrieveLevel="SERIES", StudyInstanceUID="1.2",
