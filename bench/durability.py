@@ -40,7 +40,7 @@ from bench.clients import load_shape
 from bench.common import OneLineParser, positive_float, positive_int
 from bench.machine import checkout_commit, command_text, machine_info
 from bench.procs import ProcessGroup, Registry
-from bench.servers import HOST, REPO, Launch, Node, RunError, count_files, python_env, start_scpfleet
+from bench.servers import HOST, REPO, Launch, Node, RunError, python_env, start_scpfleet
 
 __all__ = ["main", "build_parser", "summarize", "render_markdown"]
 
