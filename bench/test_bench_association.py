@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from bench.memory_transport import MemoryTransport
 from engine import StoragePresentationContexts, aio, build_context
 from engine._acse import AcceptorPolicy, build_request, evaluate_request
 from engine._dimse import C_STORE_RQ, CStoreRQ, encode_command, fragment_message, iter_dataset_pdus
@@ -27,43 +28,6 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 BATCH = 200
 TINY = bytes(2048)  # a tiny instance's data set size; its content is never parsed here
 CT_SLICE = bytes(512 * 1024)
-
-
-class _Transport(asyncio.Transport):
-    """Collects what the association writes; never pauses."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = 0
-        self.closing = False
-
-    def writelines(self, data: Any) -> None:
-        for buffer in data:
-            self.written += len(buffer)
-
-    def write(self, data: Any) -> None:
-        self.written += len(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 11112)}.get(name, default)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class _Null:
@@ -102,7 +66,7 @@ def _established(max_pdu: int) -> tuple[Any, Any, _Null, asyncio.AbstractEventLo
                               maximum_associations=None, network_timeout=60.0)
     server = aio.AssociationServer(config, loop=loop)
     assoc = server.new_association()
-    assoc.link.made(_Transport())
+    assoc.link.made(MemoryTransport())
     rq = build_request(
         called_ae_title=b"BENCH".ljust(16),
         calling_ae_title=b"SCU".ljust(16),

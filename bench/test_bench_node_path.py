@@ -16,12 +16,12 @@ bench/test_bench_node_path.py --benchmark-enable``; with the default
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
 
 from bench.corpus import dataset_bytes, make_dataset, write_part10
+from bench.memory_transport import MemoryTransport
 from engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, aio, build_context
 from engine._acse import AcceptorPolicy, build_request
 from engine._dimse import CStoreRQ, encode_command, fragment_message, iter_dataset_pdus
@@ -39,44 +39,6 @@ MAX_PDU = 16384
 #: 9.1), all of one length, so it replaces the template's in place.
 _UID_PREFIX = "1.2.826.0.1.3680043.8.498.77."
 _UID_BASE = 10**12
-
-
-class _Transport(asyncio.Transport):
-    """Counts the responses written and wakes whoever waits for the next one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.responses = 0
-        self.waiter: asyncio.Future[None] | None = None
-
-    def writelines(self, data: Any) -> None:
-        self.responses += 1
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def write(self, data: Any) -> None:
-        self.writelines([data])
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 11112)}.get(name, default)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 def test_bench_tiny_instances_through_the_node_services(benchmark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +60,7 @@ def test_bench_tiny_instances_through_the_node_services(benchmark, tmp_path: Pat
     server = aio.AssociationServer(aio.ServerConfig(policy=policy, services=services.registry,
                                                     maximum_associations=None, network_timeout=600.0), loop=loop)
     assoc = server.new_association()
-    transport = _Transport()
+    transport = MemoryTransport()
     assoc.link.made(transport)
     rq = build_request(called_ae_title=b"BENCH".ljust(16), calling_ae_title=b"STORESCU".ljust(16),
                        contexts=assign_context_ids([build_context(sop_class, EXPLICIT_LE)]),
@@ -106,7 +68,7 @@ def test_bench_tiny_instances_through_the_node_services(benchmark, tmp_path: Pat
                        implementation_version_name=None)
     assoc.link.data_received(encode_pdu(rq))
     assert assoc.is_established
-    answered_before = transport.responses  # the A-ASSOCIATE-AC
+    answered_before = transport.writes  # the A-ASSOCIATE-AC
     numbers = itertools.count(1)
 
     def fresh_round() -> tuple[tuple[list[bytes]], dict[str, Any]]:
@@ -134,7 +96,7 @@ def test_bench_tiny_instances_through_the_node_services(benchmark, tmp_path: Pat
     try:
         benchmark.pedantic(round_, setup=fresh_round, rounds=20, warmup_rounds=1)
         stored = next(numbers) - 1
-        assert transport.responses - answered_before == stored  # every C-STORE answered ...
+        assert transport.writes - answered_before == stored  # every C-STORE answered ...
         assert len(list((tmp_path / "store").rglob("*.dcm"))) == stored  # ... and stored
         assert assoc.is_established
     finally:

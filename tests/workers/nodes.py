@@ -136,38 +136,30 @@ class Node:
 
     # -- what it stored ---------------------------------------------------------------------
 
-    def index_rows(self) -> dict[str, tuple[str, int, str]]:
-        """sop_instance_uid -> (path, size, digest) from the SQLite index."""
+    def _index(self, *columns: str) -> dict[str, tuple[Any, ...]]:
+        """sop_instance_uid -> the values of ``columns`` from the SQLite index (read only;
+        empty before the index exists)."""
         path = self.storage / "index.sqlite"
         if not path.exists():
             return {}
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            rows = db.execute("SELECT sop_instance_uid, path, size, digest FROM instances").fetchall()
+            rows = db.execute(f"SELECT sop_instance_uid, {', '.join(columns)} FROM instances").fetchall()
         finally:
             db.close()
-        return {uid: (p, size, sha) for uid, p, size, sha in rows}
+        return {uid: tuple(values) for uid, *values in rows}
+
+    def index_rows(self) -> dict[str, tuple[str, int, str]]:
+        """sop_instance_uid -> (path, size, digest) from the SQLite index."""
+        return self._index("path", "size", "digest")  # type: ignore[return-value]
 
     def index_digests(self) -> dict[str, tuple[str, str]]:
         """sop_instance_uid -> (digest_algorithm, digest) from the SQLite index."""
-        db = sqlite3.connect(f"file:{self.storage / 'index.sqlite'}?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute("SELECT sop_instance_uid, digest_algorithm, digest FROM instances").fetchall()
-        finally:
-            db.close()
-        return {uid: (algorithm, digest) for uid, algorithm, digest in rows}
+        return self._index("digest_algorithm", "digest")  # type: ignore[return-value]
 
     def index_senders(self) -> dict[str, tuple[str, str]]:
         """sop_instance_uid -> (calling_ae, calling_address) from the SQLite index."""
-        path = self.storage / "index.sqlite"
-        if not path.exists():
-            return {}
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute("SELECT sop_instance_uid, calling_ae, calling_address FROM instances").fetchall()
-        finally:
-            db.close()
-        return {uid: (ae, address) for uid, ae, address in rows}
+        return self._index("calling_ae", "calling_address")  # type: ignore[return-value]
 
     def stored_files(self) -> dict[str, Path]:
         """sop_instance_uid -> path of every visible instance file (never under .tmp)."""
