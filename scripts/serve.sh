@@ -8,6 +8,6 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/scpfleet ]; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[metrics]'
+    .venv/bin/python -m pip install -q -e '.[metrics,postgresql]'
 fi
 exec .venv/bin/scpfleet serve "$@"
