@@ -176,6 +176,11 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.executescript(_DERIVED)
 
 
+#: The page size of a new index file (SQLite's default is 4096). Measured on the node
+#: (2 workers, tiny instances): 1.6 to 0.7 ``pwrite`` per instance, 4% less CPU per
+#: instance; C-FIND latency over a million rows unchanged.
+_PAGE_SIZE = 16384
+
 _INSERT = (f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}, node) "
            f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
 _PROGRESS = "INSERT OR REPLACE INTO journal_progress (journal, offset) VALUES (?, ?)"
@@ -253,6 +258,10 @@ class SqliteCatalog:
                         f"index schema version {version} is newer than this scpfleet supports"
                     )
             else:
+                # Only a new file takes it (an existing one keeps its page size). Fewer,
+                # larger pages per batch: with eight indexes on the table a commit of a
+                # few dozen rows writes about half the pages it would at 4 KiB.
+                db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
                 _migrate(db)

@@ -71,6 +71,24 @@ def test_a_version_0_index_is_upgraded_in_place(tmp_path: Path) -> None:
         assert catalog.count() == 1
 
 
+def test_a_new_index_has_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    SqliteCatalog(tmp_path / "new.sqlite").close()
+    old = sqlite3.connect(tmp_path / "old.sqlite")  # made before, with 4 KiB pages
+    old.execute("PRAGMA page_size = 4096")
+    old.execute("CREATE TABLE unrelated (x)")
+    old.commit()
+    old.close()
+    with SqliteCatalog(tmp_path / "old.sqlite") as catalog:
+        catalog.apply([record(1)])
+        assert catalog.get("1.2.3.1") == record(1)
+    sizes = {}
+    for name in ("new", "old"):
+        db = sqlite3.connect(tmp_path / f"{name}.sqlite")
+        sizes[name] = db.execute("PRAGMA page_size").fetchone()[0]
+        db.close()
+    assert sizes == {"new": 16384, "old": 4096}
+
+
 def test_a_version_2_index_gains_the_version_3_columns(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
     with SqliteCatalog(path) as catalog:
