@@ -70,7 +70,9 @@ SCHEMA_VERSION = 3
 
 _TYPES = {"size": "BIGINT NOT NULL", "received_at": "DOUBLE PRECISION NOT NULL",
           "generation": "BIGINT NOT NULL DEFAULT 0",
-          "calling_address": "TEXT COLLATE \"C\" NOT NULL DEFAULT ''"}
+          # No NOT NULL: a node of version 2 still running after another upgraded the
+          # schema copies its batches into a table made LIKE this one, without the column.
+          "calling_address": "TEXT COLLATE \"C\" DEFAULT ''"}
 _REQUIRED = frozenset(("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid",
                        "transfer_syntax_uid", "path", "digest", "calling_ae", "called_ae", "digest_algorithm"))
 

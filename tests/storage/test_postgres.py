@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from storage import SCHEMA, CatalogBusy, CatalogError, CatalogQuery, CatalogUnavailable, IndexStats, Match, open_catalog
-from storage import redact_url
+from storage import InstanceRecord, redact_url
 from storage._postgres import SCHEMA_VERSION, PostgresCatalog
 from tests.storage import record
 
@@ -85,6 +85,27 @@ def test_a_version_2_schema_is_upgraded_by_a_node_not_by_a_reader(postgres_url: 
         assert got is not None and got.calling_address == "192.0.2.7"
         assert got.specific_character_set == "ISO_IR 144"
     assert rows_of(postgres_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_version_2_node_still_running_indexes_into_the_upgraded_schema(postgres_url: str) -> None:
+    """What a node of the previous version does with each batch (COPY of its own columns
+    into a temporary table made LIKE instances, then a merge naming them) still works
+    after another node upgraded the schema under it."""
+    with open_catalog(postgres_url, node="new"):
+        pass  # the schema, version 3
+    v2 = [name for name in InstanceRecord.__struct_fields__
+          if name not in ("calling_address", "specific_character_set")]
+    row = record(7)
+    with psycopg.connect(postgres_url) as db:
+        db.execute("CREATE TEMP TABLE instances_batch (LIKE instances) ON COMMIT DELETE ROWS")
+        with db.cursor() as cur:
+            with cur.copy(f"COPY instances_batch ({', '.join(v2)}, node) FROM STDIN") as copy:
+                copy.write_row(tuple(getattr(row, name) for name in v2) + ("old",))
+            cur.execute(f"INSERT INTO instances ({', '.join(v2)}, node) SELECT {', '.join(v2)}, node "
+                        "FROM instances_batch")
+    with open_catalog(postgres_url, node="old") as catalog:
+        got = catalog.get(row.sop_instance_uid)
+    assert got == msgspec.structs.replace(row, calling_address="", specific_character_set=None)
 
 
 def test_a_newer_or_foreign_schema_is_a_one_line_error(postgres_url: str, postgres_database: str) -> None:
