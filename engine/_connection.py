@@ -327,6 +327,10 @@ class Connection:
             return None, ""
         return self._last_activity + timeout, kind
 
+    def _acse_expired(self, now: float) -> bool:
+        timeout = self.machine.artim_timeout
+        return timeout is not None and now >= self._last_activity + timeout
+
     def handle_timer(self, now: float) -> None:
         """Handle every timer whose deadline has passed: ARTIM expiry is Evt18; a DIMSE
         or network timeout aborts the association (AA-1) and reports :class:`Aborted`."""
@@ -368,8 +372,17 @@ class Connection:
             self._run(Event.Evt17, now, None)
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Feed bytes from the transport: each PDU becomes its Table 9-10 event."""
-        if self._dead_input or self.machine.state is State.Sta1:
+        """Feed bytes from the transport: each PDU becomes its Table 9-10 event.
+
+        An ACSE wait (Sta5, Sta7) whose timeout has passed by ``now`` ends first, however
+        the adapter's loop happened to order the timer and the bytes: an answer that
+        comes after the ACSE timeout is not taken (so a timeout of 0 never establishes).
+        """
+        state = self.machine.state
+        if self._dead_input or state is State.Sta1:
+            return
+        if (state is State.Sta5 or state is State.Sta7) and self._acse_expired(now):
+            self.handle_timer(now)
             return
         self._last_activity = now
         try:

@@ -876,6 +876,31 @@ def test_acse_timeout_waiting_for_the_association_response() -> None:
     assert event.detail == "ACSE timeout" and conn.wants_close
 
 
+@pytest.mark.parametrize(("timeout", "answered_after", "established"),
+                         [(0.0, 0.0, False), (0.0, 0.001, False), (5.0, 4.999, True), (5.0, 5.0, False)])
+def test_an_answer_after_the_acse_timeout_is_not_taken(timeout: float, answered_after: float,
+                                                       established: bool) -> None:
+    """The A-ASSOCIATE-AC and the ACSE timer due together: the timer wins, whichever the
+    loop ran first (pynetdicom's acse_timeout = 0 never establishes)."""
+    pair = Pair()
+    pair.req = Connection(is_requestor=True, artim_timeout=timeout)
+    pair.req.request_association(
+        build_request(called_ae_title=b"STORESCP", calling_ae_title=b"SCU", contexts=pair.contexts,
+                      maximum_pdu_size=16382, implementation_class_uid="1.2.3",
+                      implementation_version_name=None), pair.now)
+    pair.req.connection_made(pair.now)
+    pair.acc.connection_made(pair.now)
+    pair.to_acceptor()
+    pair.acc.accept(evaluate_request(pair.acc_events[-1].request, pair.policy)[0], pair.now)
+    pair.now += answered_after
+    pair.to_requestor()
+    events, _ = pair.take()
+    assert (pair.req.state is State.Sta6) is established
+    if not established:
+        assert [e.detail for e in events if isinstance(e, Aborted)] == ["ACSE timeout"]
+        assert pair.req.wants_close
+
+
 def test_request_sent_follows_the_rq_bytes() -> None:
     """AE-2 (Sta4 + Evt2): the A-ASSOCIATE-RQ is queued first, then AssociationRequestSent
     (the adapter writes before it hands events over; EVT_REQUESTED on the requestor)."""
