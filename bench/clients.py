@@ -20,13 +20,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import corpus
 from bench.dcmtk import NODELAY_ENV, dcmtk_tool, storescu_exact_profile
 from bench.procs import ProcessGroup, Registry
 from bench.servers import HOST, REPO, Running, RunError, python_env
 
-__all__ = ["BIG_BYTES", "Prepared", "prepare", "ClientRun", "load_shape", "run_load",
+__all__ = ["BIG_BYTES", "Prepared", "prepare", "ClientRun", "load_shape", "load_report", "run_load",
            "run_storescu"]
 
 #: The size of one 80 MB multi-frame instance's pixel data.
@@ -68,6 +69,27 @@ class ClientRun:
     failures: int
     error: str | None = None
     latency_ms: dict[str, float] | None = None
+
+
+def load_report(args: list[object], folder: Path, timeout_s: float, registry: Registry) -> dict[str, Any]:
+    """Run ``scpfleet load`` with ``args`` (target and options, without ``--report``), its
+    log and report in ``folder``; the report with ``exit_status`` added. Raises
+    :class:`~bench.servers.RunError` when it overruns ``timeout_s`` or leaves no report."""
+    report = folder / "load.json"
+    argv = [sys.executable, "-m", "bench.cli", "load", *args, "--report", report, "--no-progress"]
+    proc = ProcessGroup.logged(argv, folder, "load", env=python_env(), cwd=REPO, registry=registry)
+    try:
+        rc = proc.wait(timeout_s)
+        if rc is None:
+            raise RunError(f"scpfleet load ran over {timeout_s:.0f} s")
+    finally:
+        proc.stop()
+    try:
+        summary = json.loads(report.read_text())
+    except (OSError, ValueError):
+        raise RunError(f"scpfleet load exited {rc} without a report: {proc.log_tail(300)}") from None
+    summary["exit_status"] = rc
+    return summary
 
 
 def load_shape(associations: int, cpus: int) -> tuple[int, int]:

@@ -36,11 +36,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.clients import load_shape
+from bench.clients import load_report, load_shape
 from bench.common import OneLineParser, positive_float, positive_int
 from bench.machine import checkout_commit, command_text, machine_info
-from bench.procs import ProcessGroup, Registry
-from bench.servers import HOST, REPO, Launch, Node, RunError, python_env, start_scpfleet
+from bench.procs import Registry
+from bench.servers import HOST, REPO, Launch, Node, RunError, start_scpfleet
 
 __all__ = ["main", "build_parser", "summarize", "render_markdown"]
 
@@ -84,23 +84,9 @@ def _node(opts: argparse.Namespace, durability: str) -> Node:
 def _load(folder: Path, port: int, associations: int, opts: argparse.Namespace) -> dict[str, Any]:
     """Run ``scpfleet load`` against ``port``; its JSON report."""
     processes, per = load_shape(associations, os.cpu_count() or 1)
-    report = folder / "load.json"
-    argv = [sys.executable, "-m", "bench.cli", "load", HOST, port, "--aec", "SCPFLEET",
-            "--processes", processes, "--associations", per, "--duration", opts.duration,
-            "--size", opts.size, "--timeout", 60, "--report", report, "--no-progress"]
-    proc = ProcessGroup.logged(argv, folder, "load", env=python_env(), cwd=REPO, registry=LIVE)
-    try:
-        rc = proc.wait(opts.duration + LOAD_GRACE_S)
-        if rc is None:
-            raise RunError(f"scpfleet load ran over {opts.duration + LOAD_GRACE_S:.0f} s")
-    finally:
-        proc.stop()
-    try:
-        summary = json.loads(report.read_text())
-    except (OSError, ValueError):
-        raise RunError(f"scpfleet load exited {rc} without a report: {proc.log_tail(300)}") from None
-    summary["exit_status"] = rc
-    return summary
+    return load_report([HOST, port, "--aec", "SCPFLEET", "--processes", processes, "--associations", per,
+                        "--duration", opts.duration, "--size", opts.size, "--timeout", 60],
+                       folder, opts.duration + LOAD_GRACE_S, LIVE)
 
 
 def measure(durability: str, associations: int, repeat: int, folder: Path,

@@ -32,11 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.clients import load_report
 from bench.common import OneLineParser, positive_int
 from bench.cpucost import tmpfs_folder
 from bench.machine import checkout_commit, command_text, machine_info
-from bench.procs import ProcessGroup, Registry
-from bench.servers import HOST, REPO, Launch, Node, RunError, python_env, start_scpfleet
+from bench.procs import Registry
+from bench.servers import HOST, REPO, Launch, Node, RunError, start_scpfleet
 
 __all__ = ["main", "build_parser", "summarize", "render_markdown"]
 
@@ -74,22 +75,8 @@ def _node(which: str, opts: argparse.Namespace) -> Node:
 
 def _load(folder: Path, port: int, size: int, count: int, opts: argparse.Namespace) -> dict[str, Any]:
     """Run ``scpfleet load`` against ``port``; its JSON report and exit status."""
-    report = folder / "load.json"
-    argv = [sys.executable, "-m", "bench.cli", "load", HOST, port, "--aec", "SCPFLEET",
-            "--associations", opts.associations, "--count", count, "--size", size, "--timeout", 60, "--report", report, "--no-progress"]
-    proc = ProcessGroup.logged(argv, folder, "load", env=python_env(), cwd=REPO, registry=LIVE)
-    try:
-        rc = proc.wait(LOAD_TIMEOUT_S)
-        if rc is None:
-            raise RunError(f"scpfleet load ran over {LOAD_TIMEOUT_S:.0f} s")
-    finally:
-        proc.stop()
-    try:
-        summary = json.loads(report.read_text())
-    except (OSError, ValueError):
-        raise RunError(f"scpfleet load exited {rc} without a report: {proc.log_tail(300)}") from None
-    summary["exit_status"] = rc
-    return summary
+    return load_report([HOST, port, "--aec", "SCPFLEET", "--associations", opts.associations,
+                        "--count", count, "--size", size, "--timeout", 60], folder, LOAD_TIMEOUT_S, LIVE)
 
 
 def measure(which: str, load: str, repeat: int, folder: Path, opts: argparse.Namespace) -> dict[str, Any]:
