@@ -27,8 +27,8 @@ from bench.dcmtk import NODELAY_ENV, dcmtk_tool, storescu_exact_profile
 from bench.procs import ProcessGroup, Registry
 from bench.servers import HOST, REPO, Running, RunError, python_env
 
-__all__ = ["BIG_BYTES", "Prepared", "prepare", "ClientRun", "load_shape", "load_report", "run_load",
-           "run_storescu"]
+__all__ = ["BIG_BYTES", "Prepared", "prepare", "ClientRun", "load_shape", "load_report",
+           "load_problems", "run_load", "run_storescu"]
 
 #: The size of one 80 MB multi-frame instance's pixel data.
 BIG_BYTES = 80_000_000
@@ -90,6 +90,20 @@ def load_report(args: list[object], folder: Path, timeout_s: float, registry: Re
         raise RunError(f"scpfleet load exited {rc} without a report: {proc.log_tail(300)}") from None
     summary["exit_status"] = rc
     return summary
+
+
+def load_problems(summary: dict[str, Any], stored: int) -> str | None:
+    """Why a run of ``scpfleet load`` (its :func:`load_report`) failed, given the files
+    the server holds afterwards; None when every C-STORE succeeded and exactly the
+    acknowledged instances are stored."""
+    problems = []
+    if summary["exit_status"] != 0 or summary["failures"] or summary["errors"]:
+        causes = {**summary["failures_by_status"], **summary["failures_by_cause"]}
+        problems.append(f"load exit {summary['exit_status']}, {summary['failures']} failed "
+                        f"{causes} {summary['errors']}")
+    if stored != summary["instances"]:
+        problems.append(f"{stored} files stored, {summary['instances']} acknowledged")
+    return "; ".join(problems) or None
 
 
 def load_shape(associations: int, cpus: int) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.clients import load_report, load_shape
+from bench.clients import load_problems, load_report, load_shape
 from bench.common import OneLineParser, positive_float, positive_int
 from bench.machine import checkout_commit, command_text, machine_info
 from bench.procs import Registry
@@ -107,15 +107,8 @@ def measure(durability: str, associations: int, repeat: int, folder: Path,
         stored = running.count_stored(summary["instances"])
         rec.update(instances=summary["instances"], instances_per_s=summary["instances_per_s"],
                    latency_ms=summary["latency_ms"], stored=stored)
-        problems = []
-        if summary["exit_status"] != 0 or summary["failures"] or summary["errors"]:
-            causes = {**summary["failures_by_status"], **summary["failures_by_cause"]}
-            problems.append(f"load exit {summary['exit_status']}, {summary['failures']} failed "
-                            f"{causes} {summary['errors']}")
-        if stored != summary["instances"]:
-            problems.append(f"{stored} files stored, {summary['instances']} acknowledged")
-        rec["reason"] = "; ".join(problems) or None
-        rec["ok"] = not problems
+        rec["reason"] = load_problems(summary, stored)
+        rec["ok"] = rec["reason"] is None
     except RunError as exc:
         rec["reason"] = str(exc).replace(str(opts.work), "<work>")[:400]
     finally:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.clients import load_report
+from bench.clients import load_problems, load_report
 from bench.common import OneLineParser, positive_int
 from bench.cpucost import tmpfs_folder
 from bench.machine import checkout_commit, command_text, machine_info
@@ -94,13 +94,8 @@ def measure(which: str, load: str, repeat: int, folder: Path, opts: argparse.Nam
         stored = running.count_stored(summary["instances"])
         rec.update(instances=summary["instances"], instances_per_s=summary["instances_per_s"],
                    mb_per_s=summary["mb_per_s"])
-        problems = []
-        if summary["exit_status"] != 0 or summary["failures"]:
-            problems.append(f"load exit {summary['exit_status']}, {summary['failures']} failed")
-        if stored != summary["instances"]:
-            problems.append(f"{stored} files stored, {summary['instances']} acknowledged")
-        rec["reason"] = "; ".join(problems) or None
-        rec["ok"] = not problems
+        rec["reason"] = load_problems(summary, stored)
+        rec["ok"] = rec["reason"] is None
     except RunError as exc:
         rec["reason"] = str(exc).replace(str(opts.work), "<work>")[:400]
     finally:
