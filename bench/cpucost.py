@@ -128,9 +128,10 @@ def _installed_checkout(python: str) -> Path | None:
 
 def _variant(opts: argparse.Namespace) -> Server | None:
     """scpfleet-b: another checkout, another interpreter's scpfleet or other flags."""
-    if not (opts.scpfleet_checkout or opts.scpfleet_python or opts.scpfleet_args):
+    if not (opts.scpfleet_checkout or opts.scpfleet_python or opts.scpfleet_args or opts.scpfleet_env):
         return None
     args = tuple(shlex.split(opts.scpfleet_args or ""))
+    env = tuple(tuple(item.split("=", 1)) for item in opts.scpfleet_env)
     checkout = opts.scpfleet_checkout.resolve() if opts.scpfleet_checkout else None
     # abspath, not resolve: a virtualenv's python is a symlink that must stay one.
     python = os.path.abspath(opts.scpfleet_python) if opts.scpfleet_python else None
@@ -144,11 +145,12 @@ def _variant(opts: argparse.Namespace) -> Server | None:
         where, source, checkout = "this checkout", REPO, REPO
     commit = (checkout_commit(source) if source else None) or "unknown commit"
     flags = ("--workers", str(WORKERS), "--durability", "none", *args)
-    shown = f", {' '.join(args)}" if args else ""
+    shown = "".join(f", {' '.join(words)}" for words in (args, opts.scpfleet_env) if words)
     node = Node(python=python or sys.executable, checkout=checkout, workers=WORKERS,
-                durability="none", args=args)
+                durability="none", args=args, env=env)  # type: ignore[arg-type]
+    environment = "".join(f" with {item}" for item in opts.scpfleet_env)
     return Server("scpfleet-b", f"scpfleet B ({WORKERS}w, none{shown})", "scpfleet", node,
-                  f"{where} ({commit}), serve {' '.join(flags)}")
+                  f"{where} ({commit}), serve {' '.join(flags)}{environment}")
 
 
 def build_servers(opts: argparse.Namespace) -> list[Server]:
@@ -551,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         "storescp --fork, Orthanc and pynetdicom's storescp, the same files sent by "
         f"{ASSOCIATIONS} DCMTK storescu processes; write cpucost.md and cpucost.json.",
         epilog="servers: " + ", ".join(server_keys(True)) + " (scpfleet-b exists when "
-        "--scpfleet-args, --scpfleet-python or --scpfleet-checkout is given). loads: "
+        "--scpfleet-args, --scpfleet-python, --scpfleet-checkout or --scpfleet-env is given). loads: "
         + ", ".join(LOADS) + ".")
     parser.add_argument("--quick", action="store_true", help="fewer instances: " + ", ".join(
         f"{l.key} {l.quick}" for l in LOADS.values()) + " (default " + ", ".join(
@@ -574,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scpfleet-checkout", type=Path, metavar="DIR",
                         help="scpfleet-b: the node of this checkout (its .venv's python "
                         "when it has one)")
+    parser.add_argument("--scpfleet-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="scpfleet-b: set this in its environment (repeatable), e.g. "
+                        "SCPFLEET_PURE_PYTHON=1 for the pure-Python metadata walk")
     parser.add_argument("--method", choices=("auto", "cgroup", "proc"), default="auto",
                         help="how CPU is counted (default auto: cgroup v2 where one can be "
                         "made, else /proc)")
@@ -585,12 +590,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
-    variant = bool(opts.scpfleet_args or opts.scpfleet_python or opts.scpfleet_checkout)
+    variant = bool(opts.scpfleet_args or opts.scpfleet_python or opts.scpfleet_checkout or opts.scpfleet_env)
     if opts.servers is None:
         opts.servers = server_keys(variant)
     elif "scpfleet-b" in opts.servers and not variant:
-        parser.error("--servers scpfleet-b needs --scpfleet-args, --scpfleet-python or "
-                     "--scpfleet-checkout")
+        parser.error("--servers scpfleet-b needs --scpfleet-args, --scpfleet-python, "
+                     "--scpfleet-checkout or --scpfleet-env")
+    for item in opts.scpfleet_env:
+        name, equals, _ = item.partition("=")
+        if not equals or not name.isidentifier():
+            parser.error(f"--scpfleet-env {item!r}: expected NAME=VALUE")
     if opts.scpfleet_checkout and not (opts.scpfleet_checkout / "workers" / "cli.py").is_file():
         parser.error(f"--scpfleet-checkout {opts.scpfleet_checkout}: not an scpfleet checkout")
     if opts.scpfleet_python and not os.access(opts.scpfleet_python, os.X_OK):

@@ -92,13 +92,15 @@ class Launch:
 class Node:
     """Which ``scpfleet serve`` and how: ``python`` runs ``-m workers.cli serve``; with
     ``checkout`` the node's code is that folder's (working directory and PYTHONPATH),
-    without it whatever ``python`` has installed. ``args`` come last, so they override."""
+    without it whatever ``python`` has installed. ``args`` come last, so they override.
+    ``env``: variables set in the node's environment (e.g. ``SCPFLEET_PURE_PYTHON``)."""
 
     python: str = sys.executable
     checkout: Path | None = REPO
     workers: int = 1
     durability: str = "none"
     args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -209,7 +211,7 @@ def start_scpfleet(launch: Launch, node: Node = Node()) -> Running:
             "--workers", node.workers, "--durability", node.durability,
             "--max-pdu", launch.max_pdu, "--max-associations", 200, "--drain-timeout", 5,
             "--log-level", "warning", *node.args]
-    proc = ProcessGroup.logged(argv, launch.folder, "server", env=python_env(node.checkout),
+    proc = ProcessGroup.logged(argv, launch.folder, "server", env=python_env(node.checkout, **dict(node.env)),
                  cwd=node.checkout or launch.folder, registry=launch.registry)
 
     def ready() -> int | None:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the tests need from nothing, then run them.
+#   - a C compiler and Python's headers (the install builds storage._speedups, whose
+#     tests compare it with the pure-Python walk),
 #   - DCMTK (the reference peer), PostgreSQL 15 (the shared index's tests start their own
 #     server from its binaries) and HAProxy (the cluster tests' balancer) from Debian's
 #     packages when missing; their system services are neither started nor enabled;
@@ -8,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PY=${PYTHON:-python3}
 missing=()
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+"$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || missing+=(python3-dev)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql-15)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
@@ -33,7 +39,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     done
 fi
 
-PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi

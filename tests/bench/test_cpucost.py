@@ -37,7 +37,8 @@ def test_quickest_run_measures_good_servers_and_fails_a_broken_one(tmp_path: Pat
     out = tmp_path / "results"
     result = _run("--count", "20", "--repeat", "1", "--loads", "tiny",
                   "--servers", "scpfleet,scpfleet-b,storescp",
-                  "--scpfleet-args", "--require-calling-aet NOPE", "--out", str(out))
+                  "--scpfleet-args", "--require-calling-aet NOPE",
+                  "--scpfleet-env", "SCPFLEET_PURE_PYTHON=1", "--out", str(out))
     assert result.returncode == 1, result.stdout + result.stderr  # one run failed
     data = json.loads((out / "cpucost.json").read_text())
     assert data["config"]["method"]["name"] in ("cgroup", "proc")
@@ -63,7 +64,8 @@ def test_quickest_run_measures_good_servers_and_fails_a_broken_one(tmp_path: Pat
 
     text = (out / "cpucost.md").read_text()
     assert text in result.stdout
-    assert "| scpfleet B (2w, none, --require-calling-aet NOPE) | FAILED |" in text
+    assert "| scpfleet B (2w, none, --require-calling-aet NOPE, SCPFLEET_PURE_PYTHON=1) | FAILED |" in text
+    assert "with SCPFLEET_PURE_PYTHON=1" in text
     assert "## Failures" in text and "Calling AE Title Not Recognized" in text
     for name in ("cpucost.md", "cpucost.json"):
         body = (out / name).read_text()
@@ -72,7 +74,7 @@ def test_quickest_run_measures_good_servers_and_fails_a_broken_one(tmp_path: Pat
 
 def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     for args in (["--servers", "nonesuch"], ["--servers", "scpfleet-b"], ["--count", "0"],
-                 ["--scpfleet-checkout", str(tmp_path)]):
+                 ["--scpfleet-checkout", str(tmp_path)], ["--scpfleet-env", "NOEQUALS"]):
         result = _run(*args, "--out", str(tmp_path), timeout=30)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and "error:" in result.stderr

@@ -1,5 +1,6 @@
 """MetadataExtractor: every transfer syntax, sequences before the wanted tags, any split,
-bounded inflation, and no exception on any input."""
+bounded inflation, and no exception on any input -- each test run twice, with the fast
+walk in C (storage._speedups) and in pure Python, and the two compared directly."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 
+import storage._meta as meta_module
 from storage import InstanceMetadata, MetadataError, MetadataExtractor
 from tests.dicomdata import make_dataset
 from tests.storage import ALL_SYNTAXES, BIG, DEFLATED, EXPLICIT, IMPLICIT, encode, fragments, part10_dataset
@@ -33,6 +35,26 @@ EXPECTED = InstanceMetadata(
     instance_number="17",
     specific_character_set="ISO_IR 100",
 )
+
+
+def _speedups() -> tuple:  # type: ignore[type-arg]
+    """The C walk, which the install builds (scripts/test.sh sees to a C compiler)."""
+    try:
+        from storage import _speedups
+    except ImportError as exc:  # pragma: no cover - a failed build must fail here
+        pytest.fail(f"storage._speedups is not built ({exc}): `pip install -e .` needs a C compiler")
+    return _speedups.walk, _speedups.decode_values
+
+
+@pytest.fixture(scope="module", params=["c", "python"], autouse=True)
+def walk_impl(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Every test of this module, once per implementation of the fast walk."""
+    saved = meta_module._SPEEDUPS
+    meta_module._SPEEDUPS = _speedups() if request.param == "c" else None
+    try:
+        yield request.param
+    finally:
+        meta_module._SPEEDUPS = saved
 
 
 def _decoy() -> Dataset:
@@ -449,3 +471,88 @@ def test_an_empty_query_attribute_is_empty_not_absent() -> None:
     ds.AccessionNumber = ""
     got = extract(encode(ds, EXPLICIT), EXPLICIT).result
     assert got.accession_number == "" and got.study_time is None
+
+
+# --------------------------------------------------------------------------
+# The C walk beside the pure-Python one, call for call.
+
+
+_VALID_DEFINED = {ts: encode(tricky_dataset(undefined=False), ts) for ts in (EXPLICIT, IMPLICIT, BIG)}
+
+
+def _run_both(data: bytes, ts: str, pos: int) -> list[tuple[object, ...]]:
+    """One fast-walk call from ``pos`` over all of ``data``, by each implementation:
+    where it stopped and the state it left."""
+    outcomes = []
+    for speedups in (_speedups(), None):
+        saved = meta_module._SPEEDUPS
+        meta_module._SPEEDUPS = speedups
+        try:
+            extractor = MetadataExtractor(ts)
+            stopped_at = extractor._run(data, pos, len(data))
+            outcomes.append((stopped_at, dict(extractor._values), extractor._skip, extractor.done, extractor.values()))
+        finally:
+            meta_module._SPEEDUPS = saved
+    return outcomes
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ts=st.sampled_from([EXPLICIT, IMPLICIT, BIG]),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+    cut=st.integers(0, 10**6),
+    start=st.integers(0, 40),
+    undefined=st.booleans(),
+)
+def test_c_and_python_fast_walks_leave_the_same_state(
+    ts: str, flips: list[tuple[int, int]], cut: int, start: int, undefined: bool
+) -> None:
+    """Valid or damaged, cut anywhere, entered at any offset (mid-element too): the C
+    loop and the Python loop stop at the same byte with the same values, skip and end."""
+    data = bytearray(_VALID[ts] if undefined else _VALID_DEFINED[ts])
+    for where, value in flips:
+        data[where % len(data)] = value
+    data = bytes(data[: cut % (len(data) + 1)])
+    c, python = _run_both(data, ts, min(start, len(data)))
+    assert c == python
+
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.sampled_from([EXPLICIT, IMPLICIT, BIG]), data=st.binary(max_size=300))
+def test_c_and_python_fast_walks_agree_on_random_bytes(ts: str, data: bytes) -> None:
+    # A wanted tag's header first, so that random bytes get past the first element.
+    c, python = _run_both(b"\x08\x00\x16\x00UI" + data, ts, 0)
+    assert c == python
+
+
+@given(raw=st.dictionaries(st.sampled_from(["patient_name", "study_date", "modality"]),
+                           st.binary(max_size=20).map(lambda b: b.replace(b"\\", b""))))
+def test_c_decode_values_is_latin1_with_spaces_and_nuls_stripped(raw: dict[str, bytes]) -> None:
+    _, decode_values = _speedups()
+    assert decode_values(raw) == {name: value.decode("latin-1").strip(" \x00") for name, value in raw.items()}
+
+
+def test_c_walk_refuses_offsets_outside_the_buffer() -> None:
+    walk, _ = _speedups()
+    names = meta_module._WANTED_NAMES
+    for pos, end in ((-1, 4), (5, 4), (0, 9)):
+        with pytest.raises(ValueError):
+            walk(b"\x08\x00\x16\x00UI\x00\x00", pos, end, False, False, {}, names)
+    with pytest.raises(TypeError):
+        walk(b"", 0, 0, False, False, {}, names[:-1])
+
+
+def test_c_walk_is_in_step_with_the_wanted_tags() -> None:
+    """The C table and _meta._WANTED name the same tags in the same order: a stale
+    build would be refused by _meta (pure walk), and this test would say so."""
+    from storage import _speedups
+
+    assert _speedups.TAGS == tuple(sorted(meta_module._WANTED))
+    assert meta_module.ACCELERATED or meta_module.os.environ.get("SCPFLEET_PURE_PYTHON")
+
+
+def test_c_walk_reads_a_memoryview_of_a_larger_buffer_without_copying_it() -> None:
+    data = encode(tricky_dataset(undefined=False), EXPLICIT)
+    view = memoryview(bytearray(data) + bytes(64 * 1024))[: len(data)]
+    c, python = _run_both(view, EXPLICIT, 0)  # type: ignore[arg-type]
+    assert c == python

@@ -14,14 +14,16 @@ from tests.workers.nodes import Node
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """node_factory(*serve_args, storage=None) -> a started Node on 127.0.0.1, port 0.
+    """node_factory(*serve_args, storage=None, env=None) -> a started Node on 127.0.0.1,
+    port 0 (``env``: variables added to the node's environment).
 
     Every node's process group is killed after the test, whatever happened.
     """
     nodes: list[Node] = []
 
-    def start(*args: str, storage: Path | None = None, start: bool = True) -> Node:
-        node = Node(storage or tmp_path / "archive", tmp_path / f"node-{len(nodes) + 1}.log", args)
+    def start(*args: str, storage: Path | None = None, start: bool = True,
+              env: dict[str, str] | None = None) -> Node:
+        node = Node(storage or tmp_path / "archive", tmp_path / f"node-{len(nodes) + 1}.log", args, env)
         nodes.append(node)
         return node.start() if start else node
 

@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ def scpfleet(*args: str, timeout: float = 30, cwd: Path | None = None) -> subpro
                           timeout=timeout, cwd=cwd or REPO, env=_env())
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ) | dict(extra or {})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["TCP_NODELAY"] = "1"
     return env
@@ -49,8 +49,10 @@ def _env() -> dict[str, str]:
 class Node:
     """One running node; see the module doc."""
 
-    def __init__(self, storage: Path, log_path: Path, args: Sequence[str] = ()) -> None:
+    def __init__(self, storage: Path, log_path: Path, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.storage = storage
+        self.env = dict(env or {})
         self.log_path = log_path
         self.ready_path = log_path.with_suffix(".ready.json")
         self.args = list(args)
@@ -65,7 +67,7 @@ class Node:
         argv = [sys.executable, "-m", "workers.cli", "serve", "--host", HOST, "--port", "0",
                 "--storage", str(self.storage), "--ready-file", str(self.ready_path), *self.args]
         with open(self.log_path, "ab") as log:
-            self.group = ProcessGroup(argv, stdout=log, stderr=log, cwd=REPO, env=_env())
+            self.group = ProcessGroup(argv, stdout=log, stderr=log, cwd=REPO, env=_env(self.env))
         self.popen = self.group.popen
         deadline = time.monotonic() + timeout
         while not self.ready_path.exists():
