@@ -27,7 +27,8 @@ install where a C compiler is found): the same decisions, at about a tenth of th
 It is used when it was built, unless the environment sets ``SCPFLEET_PURE_PYTHON`` to a
 non-empty value; :data:`ACCELERATED` says which walk runs. The tests run both.
 
-This module does no I/O and keeps no state beyond the extractor instance.
+This module does no I/O. Apart from that choice of walk, made once at import, it keeps
+no state beyond the extractor instance.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-
 from collections.abc import Callable
 
 import msgspec
