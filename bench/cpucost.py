@@ -131,7 +131,7 @@ def _variant(opts: argparse.Namespace) -> Server | None:
     if not (opts.scpfleet_checkout or opts.scpfleet_python or opts.scpfleet_args or opts.scpfleet_env):
         return None
     args = tuple(shlex.split(opts.scpfleet_args or ""))
-    env = tuple(tuple(item.split("=", 1)) for item in opts.scpfleet_env)
+    env = tuple((name, value) for name, _, value in (item.partition("=") for item in opts.scpfleet_env))
     checkout = opts.scpfleet_checkout.resolve() if opts.scpfleet_checkout else None
     # abspath, not resolve: a virtualenv's python is a symlink that must stay one.
     python = os.path.abspath(opts.scpfleet_python) if opts.scpfleet_python else None
@@ -147,7 +147,7 @@ def _variant(opts: argparse.Namespace) -> Server | None:
     flags = ("--workers", str(WORKERS), "--durability", "none", *args)
     shown = "".join(f", {' '.join(words)}" for words in (args, opts.scpfleet_env) if words)
     node = Node(python=python or sys.executable, checkout=checkout, workers=WORKERS,
-                durability="none", args=args, env=env)  # type: ignore[arg-type]
+                durability="none", args=args, env=env)
     environment = "".join(f" with {item}" for item in opts.scpfleet_env)
     return Server("scpfleet-b", f"scpfleet B ({WORKERS}w, none{shown})", "scpfleet", node,
                   f"{where} ({commit}), serve {' '.join(flags)}{environment}")

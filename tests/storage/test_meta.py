@@ -548,7 +548,7 @@ def test_c_walk_is_in_step_with_the_wanted_tags() -> None:
     from storage import _speedups
 
     assert _speedups.TAGS == tuple(sorted(meta_module._WANTED))
-    assert meta_module.ACCELERATED or meta_module.os.environ.get("SCPFLEET_PURE_PYTHON")
+    assert meta_module.ACCELERATED == (not meta_module.os.environ.get("SCPFLEET_PURE_PYTHON"))
 
 
 def test_c_walk_reads_a_memoryview_of_a_larger_buffer_without_copying_it() -> None:
