@@ -89,6 +89,13 @@ __all__ = [
     "DatasetFragment",
 ]
 
+#: PS3.8 Table 9-10's two cells that every DIMSE message crosses: in Sta6 (Data Transfer)
+#: Evt9 (P-DATA request) is DT-1, send the P-DATA-TF, and Evt10 (P-DATA-TF received) is
+#: DT-2, issue the P-DATA indication; both stay in Sta6. :class:`Connection` takes them
+#: without walking the table, as if it had: the table (_fsm.TRANSITIONS) still defines
+#: them, and tests/engine/test_connection.py checks that the two agree.
+_DATA_TRANSFER = State.Sta6
+
 #: PDU class -> the Table 9-10 event its arrival is.
 _PDU_EVENTS: dict[type, Event] = {
     AAssociateAC: Event.Evt3,
@@ -392,8 +399,13 @@ class Connection:
             self.protocol_error = exc
             self._run(Event.Evt19, now, exc)
             return
+        machine = self.machine
         for pdu in pdus:
-            if self.machine.state is State.Sta1:
+            state = machine.state
+            if state is _DATA_TRANSFER and type(pdu) is PDataTF:
+                self._deliver_pdata(pdu, now)  # Evt10 in Sta6: DT-2, stay in Sta6
+                continue
+            if state is State.Sta1:
                 return
             self._run(_PDU_EVENTS[type(pdu)], now, pdu)
 
@@ -425,21 +437,29 @@ class Connection:
         buffers = fragment_message(
             context_id, encode_command(command), dataset, self.peer_max_pdu
         )
-        self._run(Event.Evt9, now, buffers)
+        self._send_pdata(buffers, now)
         self._sent(command, now)
 
     def send_command(self, context_id: int, command: Any, now: float) -> None:
         """P-DATA request (Evt9) with a message's command set only: its data set follows
         through :meth:`send_buffers` (a streamed send)."""
         buffers = fragment_message(context_id, encode_command(command), None, self.peer_max_pdu)
-        self._run(Event.Evt9, now, buffers)
+        self._send_pdata(buffers, now)
         self._sent(command, now)
 
     def send_buffers(self, buffers: list[bytes | memoryview], now: float) -> None:
         """P-DATA request (Evt9) with already-encoded P-DATA-TF PDUs (a streamed data set,
         after :meth:`send_command`)."""
-        self._run(Event.Evt9, now, buffers)
+        self._send_pdata(buffers, now)
         self._last_activity = now
+
+    def _send_pdata(self, buffers: list[bytes | memoryview], now: float) -> None:
+        """P-DATA request (Evt9): in Sta6 DT-1, the buffers queued as they are; in any
+        other state the table decides (AR-7 in Sta8, else a LocalProtocolError)."""
+        if self.machine.state is _DATA_TRANSFER:
+            self._out.extend(buffers)
+        else:
+            self._run(Event.Evt9, now, buffers)
 
     def _sent(self, command: Any, now: float) -> None:
         """Count what a message sent changes in the requests awaiting an answer."""

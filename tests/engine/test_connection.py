@@ -365,6 +365,65 @@ def test_c_store_fragmented(size: int, one_byte: bool) -> None:
     _store_roundtrip(pair, size)
 
 
+def test_the_data_transfer_shortcut_is_table_9_10s_cells() -> None:
+    """Connection takes Sta6's Evt9 and Evt10 without walking the table: the table must
+    say exactly that (DT-1 and DT-2, staying in Sta6), and those actions must output
+    only the P-DATA they carry."""
+    import engine._connection as connection
+    from engine._fsm import TRANSITIONS, Action, DULStateMachine, Event, Indicate, Primitive, SendBuffers
+
+    assert connection._DATA_TRANSFER is State.Sta6
+    assert TRANSITIONS[(State.Sta6, Event.Evt9)] == (Action.DT_1, State.Sta6)
+    assert TRANSITIONS[(State.Sta6, Event.Evt10)] == (Action.DT_2, State.Sta6)
+    machine = DULStateMachine(is_requestor=False)
+    machine.state = State.Sta6
+    buffers = [b"\x04"]
+    [sent] = machine.handle(Event.Evt9, 0.0, buffers)
+    assert type(sent) is SendBuffers and sent.buffers is buffers and machine.state is State.Sta6
+    pdu = PDataTF((PDV(1, True, True, memoryview(b"xy")),))
+    [indicated] = machine.handle(Event.Evt10, 0.0, pdu)
+    assert type(indicated) is Indicate and indicated.primitive is Primitive.P_DATA_INDICATION
+    assert indicated.pdu is pdu and machine.state is State.Sta6
+
+
+@pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "byte-by-byte"])
+def test_the_data_transfer_shortcut_changes_nothing_on_the_wire_or_in_events(
+    one_byte: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same messages, releases included, with the shortcut and with every P-DATA
+    through the table (the shortcut's state made unreachable): the same bytes each way
+    and the same events."""
+    import engine._connection as connection
+
+    def run() -> list[Any]:
+        pair = Pair(acceptor_max=128, requestor_max=256, one_byte=one_byte)
+        pair.associate()
+        seen: list[Any] = []
+        for message_id in (1, 2):
+            rq = CStoreRQ(message_id=message_id, affected_sop_class_uid=CT_IMAGE_STORAGE,
+                          affected_sop_instance_uid=INSTANCE_UID)
+            pair.req.send_message(3, rq, _dataset(300), pair.now)
+            seen.append(pair.to_acceptor())
+            seen.append([(type(e), getattr(e, "command", None), bytes(getattr(e, "data", b"")))
+                         for e in pair.take()[1]])
+            rsp = CStoreRSP(message_id_being_responded_to=message_id, status=0,
+                            affected_sop_class_uid=CT_IMAGE_STORAGE, affected_sop_instance_uid=INSTANCE_UID)
+            pair.acc.send_message(3, rsp, None, pair.now)
+            seen.append(pair.to_requestor())
+            seen.append(pair.take()[0])
+        pair.req.release(pair.now)
+        seen.append(pair.to_acceptor())
+        seen.append([type(e) for e in pair.take()[1]])
+        seen.append((pair.req.machine.state, pair.acc.machine.state))
+        return seen
+
+    with_shortcut = run()
+    monkeypatch.setattr(connection, "_DATA_TRANSFER", object())
+    without = run()
+    assert with_shortcut == without
+    assert any(isinstance(item, bytes) and len(item) > 300 for item in with_shortcut)
+
+
 @pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "byte-by-byte"])
 def test_c_echo_and_several_messages(one_byte: bool) -> None:
     pair = Pair(acceptor_max=64, requestor_max=64, one_byte=one_byte)
