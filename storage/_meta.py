@@ -136,8 +136,9 @@ _LONG_AT = {False: struct.Struct("<I").unpack_from, True: struct.Struct(">I").un
 # The explicit VR header length by VR (PS3.5 7.1.2): 12 bytes for the long VRs, 8 for
 # every other well-formed one (two upper-case letters); a VR not in it is malformed.
 _VR_HEADER = {bytes((a, b)): 8 for a in range(65, 91) for b in range(65, 91)} | dict.fromkeys(_LONG_VRS, 12)
-# A fragment at most this long is copied to bytes before the fast walk: slicing bytes is
-# cheaper than slicing a memoryview, which pays for small data sets.
+# A fragment at most this long is copied to bytes before the pure-Python fast walk:
+# slicing bytes is cheaper than slicing a memoryview, which pays for small data sets.
+# The C walk reads the view where it lies.
 _COPY_SMALL = 16 * 1024
 
 # Parser steps: waiting for an 8-byte header, for the 4-byte long length of an explicit
@@ -304,7 +305,7 @@ class MetadataExtractor:
             raise MetadataError(f"{self._cap} bytes examined before passing (0020,0013)")
         if len(data) > room:
             data = memoryview(data)[:room]
-        if type(data) is memoryview and len(data) <= _COPY_SMALL:
+        if _SPEEDUPS is None and type(data) is memoryview and len(data) <= _COPY_SMALL:
             data = data.tobytes()
         self._seen += len(data)
         self._walk(data)
