@@ -200,12 +200,16 @@ def test_answered_after_a_restart(copy_of_filled: Path, corpus: list[Instance], 
 
 def test_a_peer_refusing_the_report_association_loses_nothing(copy_of_filled: Path, corpus: list[Instance],
                                                                tmp_path: Path, listeners: list[Listener]) -> None:
+    """The missing reference holds the decision for the grace time, so that the SCU has
+    surely released and the report must go to the refusing listener (test above)."""
     refusing = Listener(tmp_path, "SCU3", reject=True)
     listeners.append(refusing)
-    with QRNode(copy_of_filled, ae_table={"SCU3": ("127.0.0.1", refusing.port)}) as node:
-        out = commit(node, tmp_path, "1.2.3.105", refs(corpus[:1]), aet="SCU3", early=True)
-        assert out["action_status"] == 0
-        time.sleep(1.5)
+    missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.105105"]
+    with QRNode(copy_of_filled, ae_table={"SCU3": ("127.0.0.1", refusing.port)},
+                commitment_grace_s=2.0) as node:
+        out = commit(node, tmp_path, "1.2.3.105", refs(corpus[:1]) + [missing], aet="SCU3", early=True)
+        assert out["action_status"] == 0 and out["reports"] == []
+        time.sleep(3.0)  # the decision (grace 2 s) and the refused delivery
         assert node.pending_commitments() == ["1.2.3.105"]
         assert node.sweep() == 0  # a retry is not due yet: nothing is sent twice at once
     refusing.stop()
@@ -213,15 +217,21 @@ def test_a_peer_refusing_the_report_association_loses_nothing(copy_of_filled: Pa
     listeners.append(accepting)
     with QRNode(copy_of_filled, ae_table={"SCU3": ("127.0.0.1", accepting.port)}) as node:
         (report,) = accepting.reports()
-        assert report["transaction"] == "1.2.3.105" and report["event_type"] == 1
+        assert (report["transaction"], report["event_type"]) == ("1.2.3.105", 2)
+        assert sorted(map(tuple, report["committed"])) == sorted(map(tuple, refs(corpus[:1])))
+        assert [tuple(f[:2]) for f in report["failed"]] == [tuple(missing)]
 
 
 def test_a_pending_transaction_uid_again_fails_every_reference_0131(copy_of_filled: Path, corpus: list[Instance],
                                                                      tmp_path: Path) -> None:
-    with QRNode(copy_of_filled) as node:
-        first = commit(node, tmp_path, "1.2.3.106", refs(corpus[:1]), aet="NOWHERE", early=True)
-        assert first["action_status"] == 0
-        time.sleep(1.0)
+    """The first request's missing reference holds its decision for the grace time, so
+    that its report cannot go on its own association (which would end it) and waits:
+    NOWHERE is not in the AE table."""
+    missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.106106"]
+    with QRNode(copy_of_filled, commitment_grace_s=2.0) as node:
+        first = commit(node, tmp_path, "1.2.3.106", refs(corpus[:1]) + [missing], aet="NOWHERE", early=True)
+        assert first["action_status"] == 0 and first["reports"] == []
+        assert node.pending_commitments() == ["1.2.3.106"]
         again = commit(node, tmp_path, "1.2.3.106", refs(corpus[1:3]), aet="NOWHERE")
         (report,) = again["reports"]
         assert report["event_type"] == 2 and report["committed"] == []
