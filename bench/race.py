@@ -50,10 +50,17 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # How long the node gets to become quiet (index caught up) after a round.
 _SETTLE_S = 20.0
 _POLL_S = 0.05
-# When after the copies start a kill lands, spread over a round's few milliseconds (a
-# copy with fsync durability takes some; early kills find little acknowledged, late ones
-# most), drawn per round from the run's seed.
-_KILL_AFTER_S = (0.001, 0.03)
+# When after the copies start a kill lands. A round lasts milliseconds on an idle machine
+# and many times that on a loaded one, so the delay is not fixed: the first is half of
+# how long an unkilled calibration round took (judged like the others, not counted in
+# ``rounds``), and each later one follows what the previous kill found. A kill that found
+# nothing acknowledged moves the next one later, one that found everything acknowledged
+# moves it earlier, so the kills keep landing while copies are in flight. Each delay is
+# jittered by a factor drawn per round from the run's seed.
+_FIRST_KILL_FRACTION = 0.5
+_KILL_LATER, _KILL_EARLIER = 1.6, 0.6
+_KILL_JITTER = (0.7, 1.3)
+_KILL_BOUNDS_S = (0.001, 2.0)
 
 
 @dataclass
@@ -190,12 +197,29 @@ def race(
                 args=("--duplicates", duplicates, "--log-level", "error"))
     running = start_scpfleet(launch, node)
     try:
+        delay = 0.0
+        if kill != "none":
+            uid, sends = _copies(rounds, copies, paths, seed)  # a round number no round uses
+            started = time.monotonic()
+            statuses = asyncio.run(_race_round(running, uid, sends, folder, "none", 0.0))
+            delay = _FIRST_KILL_FRACTION * (time.monotonic() - started)
+            verdict = _settled(launch.store, uid, any(s == 0 for s in statuses), time.monotonic() + _SETTLE_S)
+            if verdict is not None:
+                result.disagreements += 1
+                result.problems.append(f"calibration round: {verdict}")
+        jitter = random.Random(seed)
         for round_no in range(rounds):
             uid, sends = _copies(round_no, copies, paths, seed)
-            statuses = asyncio.run(_race_round(running, uid, sends, folder, kill, round_no))
+            delay = min(max(delay, _KILL_BOUNDS_S[0]), _KILL_BOUNDS_S[1])
+            statuses = asyncio.run(_race_round(running, uid, sends, folder, kill,
+                                               delay * jitter.uniform(*_KILL_JITTER), round_no))
             acknowledged = any(s == 0 for s in statuses)
             result.acknowledged += sum(1 for s in statuses if s == 0)
             result.failed += sum(1 for s in statuses if s != 0)
+            if not acknowledged:
+                delay *= _KILL_LATER
+            elif all(s == 0 for s in statuses):
+                delay *= _KILL_EARLIER
             if kill == "node":
                 running.proc.kill()  # (already dead: reaps the group)
                 (folder / "ready.json").unlink(missing_ok=True)  # the new node writes its own
@@ -212,9 +236,10 @@ def race(
 
 
 async def _race_round(running: Any, uid: str, sends: list[tuple[str, bytes]], folder: Path,
-                      kill: str, round_no: int) -> list[int | None]:
+                      kill: str, delay: float, round_no: int = 0) -> list[int | None]:
+    """Send the copies; with ``kill``, kill ``delay`` seconds after they start (the
+    ``round_no``-th worker, in turn, with ``worker``)."""
     task = asyncio.ensure_future(_send_all(running.port, uid, sends))
-    delay = random.Random(round_no).uniform(*_KILL_AFTER_S)
     if kill == "node":
         await asyncio.sleep(delay)
         running.proc.send_signal(signal.SIGKILL, group=True)
