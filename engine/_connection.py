@@ -369,6 +369,17 @@ class Connection:
         self._last_activity = now
         if self.machine.is_requestor:
             self.wants_connect = False
+            timeout = self.machine.artim_timeout
+            if timeout is not None and timeout <= 0:
+                # An ACSE wait of zero is over as it starts: no answer could be taken,
+                # so the A-ASSOCIATE-RQ is not sent (a peer could otherwise establish
+                # an association we have already given up). A-ABORT request in Sta4:
+                # AA-2, the transport is closed.
+                self._events.append(
+                    Aborted(ABORT_SOURCE_USER, 0, local=True, detail="ACSE timeout")
+                )
+                self.abort(now, close=True)
+                return
             self._run(Event.Evt2, now, None)
         else:
             self._run(Event.Evt5, now, None)

@@ -936,11 +936,11 @@ def test_acse_timeout_waiting_for_the_association_response() -> None:
 
 
 @pytest.mark.parametrize(("timeout", "answered_after", "established"),
-                         [(0.0, 0.0, False), (0.0, 0.001, False), (5.0, 4.999, True), (5.0, 5.0, False)])
+                         [(0.25, 0.25, False), (0.25, 0.3, False), (5.0, 4.999, True), (5.0, 5.0, False)])
 def test_an_answer_after_the_acse_timeout_is_not_taken(timeout: float, answered_after: float,
                                                        established: bool) -> None:
     """The A-ASSOCIATE-AC and the ACSE timer due together: the timer wins, whichever the
-    loop ran first (pynetdicom's acse_timeout = 0 never establishes)."""
+    loop ran first."""
     pair = Pair()
     pair.req = Connection(is_requestor=True, artim_timeout=timeout)
     pair.req.request_association(
@@ -958,6 +958,23 @@ def test_an_answer_after_the_acse_timeout_is_not_taken(timeout: float, answered_
     if not established:
         assert [e.detail for e in events if isinstance(e, Aborted)] == ["ACSE timeout"]
         assert pair.req.wants_close
+
+
+def test_an_acse_timeout_of_zero_sends_no_request() -> None:
+    """pynetdicom's acse_timeout = 0 never establishes: the wait is over as it starts, so
+    the A-ASSOCIATE-RQ is not sent at all (a peer could otherwise establish an association
+    we have given up) and the transport is closed: A-ABORT request in Sta4, AA-2."""
+    conn = Connection(is_requestor=True, artim_timeout=0.0)
+    conn.request_association(
+        build_request(called_ae_title=b"A", calling_ae_title=b"B",
+                      contexts=assign_context_ids([build_context(VERIFICATION)]),
+                      maximum_pdu_size=16382, implementation_class_uid="1.2.3",
+                      implementation_version_name=None), 0.0)
+    conn.connection_made(1.0)
+    assert conn.data_to_send() == []
+    (event,) = conn.events()
+    assert isinstance(event, Aborted) and event.local and event.detail == "ACSE timeout"
+    assert conn.state is State.Sta1 and conn.wants_close
 
 
 def test_request_sent_follows_the_rq_bytes() -> None:
