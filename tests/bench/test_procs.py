@@ -16,7 +16,7 @@ from bench.procs import ProcessGroup, Registry, group_alive
 #: A leader with a child in its group; the child outlives a leader that exits.
 FORKS_A_CHILD = ["sh", "-c", "sleep 60 & echo started; wait"]
 #: A leader that ignores SIGTERM.
-IGNORES_TERM = ["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"]
+IGNORES_TERM = ["sh", "-c", "trap '' TERM; echo started; sleep 60 & wait; sleep 60"]
 
 
 def _started(group: ProcessGroup, text: str = "started") -> None:
@@ -37,8 +37,8 @@ def test_stop_kills_the_leader_and_its_children(tmp_path: Path) -> None:
 
 
 def test_a_leader_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
-    group = ProcessGroup(IGNORES_TERM)
-    time.sleep(0.2)  # the trap is set
+    group = ProcessGroup.logged(IGNORES_TERM, tmp_path, "ignores-term")
+    _started(group)  # the trap is set
     start = time.monotonic()
     assert group.stop(signal.SIGTERM, grace=0.5, group=True) == -signal.SIGKILL
     assert 0.4 < time.monotonic() - start < 10

@@ -342,7 +342,7 @@ def test_transport_closed_under_association(acceptor) -> None:
 
 
 def test_artim_expiry_closes_a_silent_connection(acceptor) -> None:
-    dul, peer = acceptor(dul_timeout=0.2)
+    dul, peer = acceptor(dul_timeout=1.0)  # long enough to see Sta2 on a loaded machine
     assert wait_state(dul, "Sta2")
     # Sta2 + Evt18 -> AA-2: the connection is closed, no PDU is sent.
     assert peer.closed()
@@ -351,7 +351,7 @@ def test_artim_expiry_closes_a_silent_connection(acceptor) -> None:
 
 
 def test_idle_timer(acceptor) -> None:
-    dul, peer = acceptor(dul_timeout=0.3)
+    dul, peer = acceptor(dul_timeout=1.0)  # each check below must come before it expires
     establish(dul, peer)
     assert dul.idle_timer_expired() is False
     deadline = time.monotonic() + WAIT_S

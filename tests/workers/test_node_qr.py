@@ -101,7 +101,8 @@ def test_storage_commitment_from_a_running_node(node_factory, tiny_files, tmp_pa
     request.write_text(json.dumps({"references": refs, "transaction": "1.2.826.0.1.3680043.8.498.4243"}))
     done = subprocess.run(
         [sys.executable, str(_PEER), "commit", "--host", HOST, "--port", str(node.port), "--aec", "SCPFLEET",
-         "--aet", "COMMITSCU", "--request", str(request)],
+         "--aet", "COMMITSCU", "--request", str(request),
+         "--wait", "60"],  # the never-stored reference holds the report for the node's 10 s grace
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
