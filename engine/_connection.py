@@ -394,7 +394,8 @@ class Connection:
 
         An ACSE wait (Sta5, Sta7) whose timeout has passed by ``now`` ends first, however
         the adapter's loop happened to order the timer and the bytes: an answer that
-        comes after the ACSE timeout is not taken (so a timeout of 0 never establishes).
+        comes after the ACSE timeout is not taken (a timeout of 0 sends no request at
+        all: :meth:`connection_made`).
         """
         state = self.machine.state
         if self._dead_input or state is State.Sta1:
