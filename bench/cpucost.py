@@ -149,8 +149,10 @@ def _variant(opts: argparse.Namespace) -> Server | None:
     node = Node(python=python or sys.executable, checkout=checkout, workers=WORKERS,
                 durability="none", args=args, env=env)
     environment = "".join(f" with {item}" for item in opts.scpfleet_env)
+    version = first_line([python, "-c", "import platform; print(platform.python_version())"]) if python else None
+    interpreter = f", Python {version}" if version else ""
     return Server("scpfleet-b", f"scpfleet B ({WORKERS}w, none{shown})", "scpfleet", node,
-                  f"{where} ({commit}), serve {' '.join(flags)}{environment}")
+                  f"{where} ({commit}{interpreter}), serve {' '.join(flags)}{environment}")
 
 
 def build_servers(opts: argparse.Namespace) -> list[Server]:
