@@ -152,8 +152,8 @@ def _uid_list(value: object, what: str) -> list[UID]:
     items: Iterable[object]
     if isinstance(value, (str, bytes, bytearray)):
         items = [value]
-    elif isinstance(value, (list, tuple)) or isinstance(value, Iterable):
-        items = value
+    elif isinstance(value, (list, tuple)) or isinstance(value, Iterable):  # the common
+        items = value  # types first: a check against the Iterable ABC costs more
     else:
         raise TypeError(f"{what} must be a UID or a list of UIDs, not {type(value).__name__}")
     out: list[UID] = []
