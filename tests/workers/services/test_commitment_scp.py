@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pydicom
 import pytest
 
@@ -35,10 +36,25 @@ INSTANCE = "1.2.840.10008.1.20.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 WAIT_S = 30.0
+#: The commitment grace of the tests whose decision waits for a reference that the test
+#: indexes later: far longer than any of them runs, so only the test ends the wait.
+GRACE_S = 120.0
 
 
 def refs(instances: list[Instance]) -> list[list[str]]:
     return [[str(i.ds.SOPClassUID), i.uid] for i in instances]
+
+
+def index_without_file(node: QRNode, like: Instance, uid: str) -> None:
+    """Give the catalog a row for ``uid`` (a copy of ``like``'s) whose file does not exist.
+
+    A request naming ``uid`` waits for it (up to the node's grace); once the row appears
+    its decision is made within a second, and the reference fails (0x0110: no file). The
+    tests below put the row in only after the SCU has released, so that the report
+    cannot go on the requesting association, whatever the machine's load."""
+    record = node.call(lambda: node.catalog.get(like.uid))  # type: ignore[union-attr]
+    folder = record.path.rsplit("/", 1)[0]
+    node.apply([msgspec.structs.replace(record, sop_instance_uid=uid, path=f"{folder}/{uid}.dcm")])
 
 
 def commit(node: QRNode, tmp_path: Path, transaction: str, references: list[list[str]], *,
@@ -150,15 +166,16 @@ def test_damaged_and_truncated_files(copy_of_filled: Path, corpus: list[Instance
 def test_short_association_gets_its_report_on_a_new_one(copy_of_filled: Path, corpus: list[Instance],
                                                          tmp_path: Path, listeners: list[Listener]) -> None:
     """The SCU releases right after the N-ACTION-RSP; the report goes on a new
-    association. One reference is to an instance never stored, so the decision waits out
-    the grace (2 s): the release has surely happened by then, whatever the load."""
+    association. One reference is to an instance not indexed yet, so the decision waits
+    for it; it is indexed (without a file) only once the SCU has gone."""
     listener = Listener(tmp_path, "SCU1")
     listeners.append(listener)
     missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.103103"]
     with QRNode(copy_of_filled, ae_table={"SCU1": ("127.0.0.1", listener.port)},
-                commitment_grace_s=2.0) as node:
+                commitment_grace_s=GRACE_S) as node:
         out = commit(node, tmp_path, "1.2.3.103", refs(corpus[:3]) + [missing], early=True)
         assert out["action_status"] == 0 and out["reports"] == []
+        index_without_file(node, corpus[0], missing[1])
         (report,) = listener.reports()
         assert (report["via"], report["event_type"], report["transaction"]) == ("new", 2, "1.2.3.103")
         assert sorted(map(tuple, report["committed"])) == sorted(map(tuple, refs(corpus[:3])))
@@ -173,17 +190,16 @@ def test_answered_after_a_restart(copy_of_filled: Path, corpus: list[Instance], 
                                   listeners: list[Listener]) -> None:
     """A report the first node could not deliver (the SCU left, its AE unknown) is kept;
     the next node over the same storage root delivers it. One reference is to an instance
-    never stored, so the first node's decision waits out its grace (2 s): by then the SCU
-    has surely released, and the report cannot go on its association."""
+    not indexed yet, so the first node's decision waits for it; it is indexed (without a
+    file) only once the SCU has released, so the report cannot go on its association."""
     missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.104104"]
     references = refs(corpus[:2]) + [missing]
-    with QRNode(copy_of_filled, commitment_grace_s=2.0) as node:
+    with QRNode(copy_of_filled, commitment_grace_s=GRACE_S) as node:
         out = commit(node, tmp_path, "1.2.3.104", references, aet="SCU2", early=True)
         assert out["action_status"] == 0 and out["reports"] == []
-        deadline = time.monotonic() + 10
-        while node.pending_commitments() != ["1.2.3.104"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(3.0)  # the decision (grace 2 s) and the failed delivery
+        assert node.pending_commitments() == ["1.2.3.104"]
+        index_without_file(node, corpus[0], missing[1])
+        time.sleep(3.0)  # the decision (within a second) and the failed delivery
         assert node.pending_commitments() == ["1.2.3.104"]
     listener = Listener(tmp_path, "SCU2")
     listeners.append(listener)
@@ -200,16 +216,17 @@ def test_answered_after_a_restart(copy_of_filled: Path, corpus: list[Instance], 
 
 def test_a_peer_refusing_the_report_association_loses_nothing(copy_of_filled: Path, corpus: list[Instance],
                                                                tmp_path: Path, listeners: list[Listener]) -> None:
-    """The missing reference holds the decision for the grace time, so that the SCU has
-    surely released and the report must go to the refusing listener (test above)."""
+    """The reference not indexed yet holds the decision until the SCU has released, so
+    the report must go to the refusing listener (tests above)."""
     refusing = Listener(tmp_path, "SCU3", reject=True)
     listeners.append(refusing)
     missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.105105"]
     with QRNode(copy_of_filled, ae_table={"SCU3": ("127.0.0.1", refusing.port)},
-                commitment_grace_s=2.0) as node:
+                commitment_grace_s=GRACE_S) as node:
         out = commit(node, tmp_path, "1.2.3.105", refs(corpus[:1]) + [missing], aet="SCU3", early=True)
         assert out["action_status"] == 0 and out["reports"] == []
-        time.sleep(3.0)  # the decision (grace 2 s) and the refused delivery
+        index_without_file(node, corpus[0], missing[1])
+        time.sleep(3.0)  # the decision (within a second) and the refused delivery
         assert node.pending_commitments() == ["1.2.3.105"]
         assert node.sweep() == 0  # a retry is not due yet: nothing is sent twice at once
     refusing.stop()
@@ -224,11 +241,11 @@ def test_a_peer_refusing_the_report_association_loses_nothing(copy_of_filled: Pa
 
 def test_a_pending_transaction_uid_again_fails_every_reference_0131(copy_of_filled: Path, corpus: list[Instance],
                                                                      tmp_path: Path) -> None:
-    """The first request's missing reference holds its decision for the grace time, so
-    that its report cannot go on its own association (which would end it) and waits:
-    NOWHERE is not in the AE table."""
+    """The first request's reference to an instance not indexed holds its decision for
+    the whole test (the grace is longer), so its report cannot go on its own association
+    (which would end it): it stays pending. NOWHERE is not in the AE table."""
     missing = [refs(corpus[:1])[0][0], "1.2.826.0.1.3680043.8.498.106106"]
-    with QRNode(copy_of_filled, commitment_grace_s=2.0) as node:
+    with QRNode(copy_of_filled, commitment_grace_s=GRACE_S) as node:
         first = commit(node, tmp_path, "1.2.3.106", refs(corpus[:1]) + [missing], aet="NOWHERE", early=True)
         assert first["action_status"] == 0 and first["reports"] == []
         assert node.pending_commitments() == ["1.2.3.106"]
