@@ -180,6 +180,16 @@ def _migrate(db: sqlite3.Connection) -> None:
 #: (2 workers, tiny instances): 1.6 to 0.7 ``pwrite`` per instance, 4% less CPU per
 #: instance; C-FIND latency over a million rows unchanged.
 _PAGE_SIZE = 16384
+#: A writer's page cache, in KiB (SQLite's default is 2000 KiB, 125 pages of 16 KiB),
+#: and the WAL size, in pages, at which a commit checkpoints it into the database
+#: (default 1000). As the index grows, each batch's rows land on leaf pages scattered
+#: over the eight query indexes: with the defaults those pages are read back and the
+#: WAL checkpointed ever more often. Measured with ``apply`` in batches of 160 records:
+#: at 500,000 rows 53.7 us per record with the defaults, 40.4 with the cache alone,
+#: 34.7 with both; the first 20,000 rows 11.5 against 12.0 us (a larger WAL is a little
+#: slower to look pages up in). The WAL then grows to 64 MiB between checkpoints.
+_WRITER_CACHE_KIB = 64 * 1024
+_WAL_AUTOCHECKPOINT_PAGES = 4000
 
 _INSERT = (f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}, node) "
            f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
@@ -264,6 +274,8 @@ class SqliteCatalog:
                 db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
+                db.execute(f"PRAGMA cache_size = -{_WRITER_CACHE_KIB}")
+                db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
                 _migrate(db)
         except sqlite3.Error as exc:
             if db is not None:

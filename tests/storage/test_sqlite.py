@@ -149,6 +149,24 @@ def test_wal_mode_and_reopen(tmp_path: Path) -> None:
         assert catalog.get("1.2.3.1") == record(1)
 
 
+def test_a_writer_keeps_a_large_cache_and_wal_and_a_reader_the_defaults(tmp_path: Path) -> None:
+    """The index's writers (indexers, replay) get a 64 MiB page cache and checkpoint the
+    WAL at 4000 pages; read-only connections (every worker's) keep SQLite's defaults."""
+    path = tmp_path / "index.sqlite"
+
+    def settings(catalog: SqliteCatalog) -> tuple[int, int]:
+        db = catalog._db
+        return db.execute("PRAGMA cache_size").fetchone()[0], db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    plain = sqlite3.connect(":memory:")
+    defaults = (plain.execute("PRAGMA cache_size").fetchone()[0], plain.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    plain.close()
+    with SqliteCatalog(path) as writer:
+        assert settings(writer) == (-64 * 1024, 4000)
+        with SqliteCatalog(path, read_only=True) as reader:
+            assert settings(reader) == defaults
+
+
 def test_views(tmp_path: Path) -> None:
     with SqliteCatalog(tmp_path / "index.sqlite") as catalog:
         catalog.apply(
