@@ -386,15 +386,19 @@ def retire(root: str | os.PathLike[str], catalog: Catalog, live: Collection[str]
     ``live`` holds the segment names of running writers; those are never touched. A
     dead writer's torn tail can never become good, so a segment is retired once nothing
     readable lies past its recorded offset. Call after :func:`replay`. Returns the names
-    retired.
+    retired. The catalog is synced (:meth:`Catalog.sync`) before the first deletion.
     """
     retired = []
+    synced = False
     for name, path in _segments(root):
         if name in live:
             continue
         with contextlib.closing(JournalReader(path).read_from(catalog.progress(name))) as frames:
             if next(frames, None) is not None:
                 continue
+        if not synced:
+            catalog.sync()
+            synced = True
         os.unlink(path)
         catalog.forget_journal(name)
         retired.append(name)

@@ -236,6 +236,13 @@ class Catalog(Protocol):
         """Drop the offset of a retired journal segment."""
         ...
 
+    def sync(self) -> None:
+        """Make every change committed so far survive a crash of the machine (power loss,
+        the kernel), not only of the process. A journal segment is deleted only after
+        this: until then the journal could replay what such a crash took from the
+        catalog."""
+        ...
+
     def get(self, sop_instance_uid: str) -> InstanceRecord | None: ...
 
     def contains(self, sop_instance_uid: str) -> bool: ...

@@ -468,6 +468,10 @@ class PostgresCatalog:
         except psycopg.Error as exc:
             raise _catalog_error(exc) from exc
 
+    def sync(self) -> None:
+        """Nothing to do: a COMMIT returns once it is durable (the server's default,
+        ``synchronous_commit = on``; a server set otherwise gives that up itself)."""
+
     # -- this node's rows ----------------------------------------------------------------
 
     def progress(self, journal: str) -> int:

@@ -10,7 +10,8 @@ idempotent as well).
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is durable once the WAL
 is synced at checkpoint, and a crash loses at most the last transactions -- which the
-journal replays. One connection per process; a read-only one (metrics) never creates
+journal replays; before a journal segment is deleted, :meth:`SqliteCatalog.sync` syncs
+the WAL, so nothing it held can be lost afterwards. One connection per process; a read-only one (metrics) never creates
 or changes anything. The database never decides where files live, it records the
 paths the writer chose. This is the only module that imports ``sqlite3``: every
 ``sqlite3.Error`` leaves it as a :class:`~storage.CatalogError`.
@@ -359,6 +360,23 @@ class SqliteCatalog:
         """Drop the progress row of a retired journal segment."""
         with _translated():
             self._db.execute("DELETE FROM journal_progress WHERE journal = ?", (journal,))
+
+    def sync(self) -> None:
+        """``synchronous=NORMAL`` syncs the WAL only at checkpoints: fsync it, and the
+        database file, now (what ``synchronous=FULL`` would do at every commit)."""
+        for path in (self.path + "-wal", self.path):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no WAL: everything committed is in the database file
+            except OSError as exc:
+                raise CatalogError(f"cannot sync the index: {exc}") from exc
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise CatalogError(f"cannot sync the index: {exc}") from exc
+            finally:
+                os.close(fd)
 
     def count(self) -> int:
         with _translated():

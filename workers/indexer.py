@@ -28,7 +28,9 @@ asked every ``_LIVENESS_S`` whether its ``.lock`` can be taken (a worker takes t
 before the segment exists and holds it until it has closed the segment: rotated, or
 the worker stopped or died). The indexer then keeps the lock, reads the segment to its
 end -- bytes that are not a good frame are now a torn tail, never indexed --, commits,
-and deletes it, so rotated segments and dead workers leave nothing behind.
+syncs the index (:meth:`storage.Catalog.sync`: a power loss must not take rows that no
+journal holds any more) and deletes it, so rotated segments and dead workers leave
+nothing behind.
 """
 
 from __future__ import annotations
@@ -225,12 +227,15 @@ class Indexer:
         return read
 
     def _retire(self, segment: _Segment) -> None:
-        """Delete a finished segment: its writer is gone, every good frame is indexed."""
+        """Delete a finished segment: its writer is gone, every good frame is indexed,
+        and the index is synced first (its commits may not be on disk yet, and after the
+        deletion no journal could replay them)."""
         try:
+            self.index.sync()
             os.unlink(segment.tail.path)
         except FileNotFoundError:
             pass
-        except OSError as exc:
+        except (OSError, CatalogError) as exc:
             segment.dead = False  # asked again, and retired again, after _LIVENESS_S
             segment.checked_at = time.monotonic()
             log.warning("cannot delete finished journal segment %s: %s", segment.name, exc)

@@ -93,6 +93,16 @@ def test_progress_commits_with_the_records(catalog: Catalog) -> None:
     assert catalog.progress("w1-2-1") == 0 and catalog.journal_progress() == {"w0-1-1": 456}
 
 
+def test_sync_keeps_everything_committed(opener: Callable[[], Catalog]) -> None:
+    """sync() (made before a journal segment is deleted) changes nothing a reader sees."""
+    with opener() as catalog:
+        catalog.apply([record(1)], {"w0-1-1": 10})
+        catalog.sync()
+        catalog.sync()  # nothing new: still fine
+    with opener() as again:
+        assert again.get("1.2.3.1") == record(1) and again.progress("w0-1-1") == 10
+
+
 def test_a_failed_apply_commits_nothing(catalog: Catalog) -> None:
     catalog.apply([record(1)], {"j": 10})
     bad = msgspec.structs.replace(record(2), sop_class_uid=None)  # a record no catalog can keep

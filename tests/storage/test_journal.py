@@ -190,6 +190,31 @@ def test_replay_stops_at_torn_tail_then_continues_when_completed(tmp_path: Path)
         assert index.count() == 2
 
 
+def test_retire_syncs_the_catalog_before_it_deletes_a_segment(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a segment is gone nothing can replay its records: the catalog's commits must
+    be on disk first (Catalog.sync), and the sync is made once, only when one goes."""
+    for n in (1, 2):
+        dead = JournalWriter(tmp_path, f"w-{n}-1")
+        dead.append_many([record(n)])
+        dead.close()
+    events: list[str] = []
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        events.append(f"unlink {os.path.basename(path)}")
+        return real_unlink(path, *args, **kwargs)
+
+    with SqliteCatalog(tmp_path / "index.sqlite") as index:
+        monkeypatch.setattr(index, "sync", lambda: events.append("sync"))
+        assert retire(tmp_path, index, live=set()) == []  # nothing indexed yet: no sync
+        assert events == []
+        replay(tmp_path, index)
+        monkeypatch.setattr(os, "unlink", unlink)
+        assert retire(tmp_path, index, live=set()) == ["w-1-1", "w-2-1"]
+    assert events == ["sync", "unlink w-1-1.log", "unlink w-2-1.log"]
+
+
 def test_retire_only_dead_fully_indexed_segments(tmp_path: Path) -> None:
     live = JournalWriter(tmp_path, "w-1-1")
     live.append_many([record(1)])

@@ -167,6 +167,29 @@ def test_a_writer_keeps_a_large_cache_and_wal_and_a_reader_the_defaults(tmp_path
             assert settings(reader) == defaults
 
 
+def test_sync_fsyncs_the_wal_and_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With synchronous=NORMAL a commit reaches the disk at the next checkpoint: sync()
+    fsyncs the WAL (and the database file) so that a power loss keeps every commit."""
+    path = tmp_path / "index.sqlite"
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    with SqliteCatalog(path) as catalog:
+        catalog.apply([record(1)], {"w0-1-1": 10})
+        wal = os.stat(f"{path}-wal")
+        assert wal.st_size > 0  # the commit is in the WAL, not yet checkpointed
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        catalog.sync()
+        monkeypatch.undo()
+    db = os.stat(path)
+    assert (wal.st_dev, wal.st_ino) in synced and (db.st_dev, db.st_ino) in synced
+
+
 def test_views(tmp_path: Path) -> None:
     with SqliteCatalog(tmp_path / "index.sqlite") as catalog:
         catalog.apply(

@@ -172,6 +172,37 @@ def test_a_segment_is_retired_only_once_its_records_are_committed(tmp_path, monk
     assert not os.path.exists(path) and _rows(root) == _uids(1)
 
 
+def test_a_finished_segment_is_deleted_only_after_the_index_is_synced(tmp_path, monkeypatch):
+    """The index's commits may not be on disk yet (SQLite syncs its WAL at checkpoints):
+    the segment that could replay them goes only after Catalog.sync; a sync that fails
+    leaves it for a later try."""
+    root = str(tmp_path)
+    path = _dead_segment(root, "w0-1-1", record(1))
+    ix = _indexer(root)
+    events = []
+
+    def failing_sync():
+        events.append("sync failed")
+        raise CatalogBusy("disk I/O error")
+
+    monkeypatch.setattr(ix.index, "sync", failing_sync)
+    ix._finish()
+    assert os.path.exists(path) and events == ["sync failed"] and _rows(root) == _uids(1)
+    assert ix.stats.retired == 0
+    real_unlink = os.unlink
+
+    def unlink(p, *args, **kwargs):
+        events.append(f"unlink {os.path.basename(p)}")
+        return real_unlink(p, *args, **kwargs)
+
+    monkeypatch.setattr(ix.index, "sync", lambda: events.append("sync"))
+    monkeypatch.setattr(os, "unlink", unlink)
+    ix._finish()
+    monkeypatch.undo()
+    assert not os.path.exists(path) and ix.stats.retired == 1
+    assert events[1:3] == ["sync", "unlink w0-1-1.log"]
+
+
 def test_each_indexer_follows_its_shard_only(tmp_path):
     root = str(tmp_path)
     for k in range(4):
