@@ -11,8 +11,8 @@ idempotent as well).
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is durable once the WAL
 is synced at checkpoint, and a crash loses at most the last transactions -- which the
 journal replays; before a journal segment is deleted, :meth:`SqliteCatalog.sync` syncs
-the WAL, so nothing it held can be lost afterwards. One connection per process; a read-only one (metrics) never creates
-or changes anything. The database never decides where files live, it records the
+the WAL, so nothing it held can be lost afterwards. One connection per process; a
+read-only one (metrics) never creates or changes anything. The database never decides where files live, it records the
 paths the writer chose. This is the only module that imports ``sqlite3``: every
 ``sqlite3.Error`` leaves it as a :class:`~storage.CatalogError`.
 """
