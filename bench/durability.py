@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.clients import load_problems, load_report, load_shape
 from bench.common import OneLineParser, positive_float, positive_int
-from bench.machine import checkout_commit, command_text, machine_info
+from bench.machine import checkout_commit, command_text, fs_type, machine_info
 from bench.procs import Registry
 from bench.servers import HOST, REPO, Launch, Node, RunError, start_scpfleet
 
@@ -148,22 +148,6 @@ def creation_cost_us(folder: Path, n: int = 1000) -> float:
     for path in paths:
         path.unlink()
     return round(spent / n * 1e6, 1)
-
-
-def _fs_type(path: Path) -> str:
-    """The type of the file system holding ``path`` (from /proc/mounts), e.g. ext4."""
-    best, kind = "", "unknown"
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    target = str(path.resolve())
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 2 and (target == fields[1] or target.startswith(fields[1].rstrip("/") + "/")):
-            if len(fields[1]) > len(best):
-                best, kind = fields[1], fields[2]
-    return kind
 
 
 def _median(values: list[float]) -> float | None:
@@ -305,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         machine = machine_info()
-        storage = _fs_type(opts.storage_root)
+        storage = fs_type(opts.storage_root)
         if storage == "tmpfs":
             _progress("warning: the storage folder is on tmpfs, where syncing costs nothing")
         create_us = creation_cost_us(opts.storage_root / ".tmp")

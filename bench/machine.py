@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.dcmtk import dcmtk_tool
 
-__all__ = ["first_line", "package_version", "checkout_commit", "machine_info", "command_text"]
+__all__ = ["first_line", "package_version", "checkout_commit", "machine_info", "command_text", "fs_type"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +112,19 @@ def command_text(prog: str, argv: Sequence[str], path_options: Collection[str]) 
             continue
         shown.append(arg)
     return " ".join([prog, *shown])
+
+
+def fs_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (from /proc/mounts), e.g. ext4."""
+    best, kind = "", "unknown"
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    target = str(path.resolve())
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and (target == fields[1] or target.startswith(fields[1].rstrip("/") + "/")):
+            if len(fields[1]) > len(best):
+                best, kind = fields[1], fields[2]
+    return kind
