@@ -12,9 +12,10 @@ SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is durable once th
 is synced at checkpoint, and a crash loses at most the last transactions -- which the
 journal replays; before a journal segment is deleted, :meth:`SqliteCatalog.sync` syncs
 the WAL, so nothing it held can be lost afterwards. One connection per process; a
-read-only one (metrics) never creates or changes anything. The database never decides where files live, it records the
-paths the writer chose. This is the only module that imports ``sqlite3``: every
-``sqlite3.Error`` leaves it as a :class:`~storage.CatalogError`.
+read-only one (metrics) never creates or changes anything. The database never decides
+where files live, it records the paths the writer chose. This is the only module that
+imports ``sqlite3``: every ``sqlite3.Error`` leaves it as a
+:class:`~storage.CatalogError`.
 """
 
 from __future__ import annotations
@@ -183,12 +184,13 @@ def _migrate(db: sqlite3.Connection) -> None:
 _PAGE_SIZE = 16384
 #: A writer's page cache, in KiB (SQLite's default is 2000 KiB, 125 pages of 16 KiB),
 #: and the WAL size, in pages, at which a commit checkpoints it into the database
-#: (default 1000). As the index grows, each batch's rows land on leaf pages scattered
-#: over the eight query indexes: with the defaults those pages are read back and the
-#: WAL checkpointed ever more often. Measured with ``apply`` in batches of 160 records:
-#: at 500,000 rows 53.7 us per record with the defaults, 40.4 with the cache alone,
-#: 34.7 with both; the first 20,000 rows 11.5 against 12.0 us (a larger WAL is a little
-#: slower to look pages up in). The WAL then grows to 64 MiB between checkpoints.
+#: (default 1000). With many studies arriving at once, each batch's rows land on leaf
+#: pages scattered over the eight query indexes: with the defaults those pages are read
+#: back and the WAL checkpointed ever more often. ``python -m bench.indexcost`` (32
+#: studies in flight, batches of 160): 0.53x the defaults' CPU per row over a million
+#: rows, 36.9 against 69.6 us; one study at a time 0.94x. On a fresh index a row costs
+#: about 0.5 us more (a larger WAL is a little slower to look pages up in). The WAL
+#: grows to 64 MiB between checkpoints.
 _WRITER_CACHE_KIB = 64 * 1024
 _WAL_AUTOCHECKPOINT_PAGES = 4000
 
