@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import msgspec
 
@@ -50,23 +50,26 @@ def arrivals(rows: int, seed: int, streams: int = 1) -> list[int]:
     stream that finishes its study starts the next one."""
     studies = list(range(-(-rows // _PER_STUDY)))
     random.Random(seed).shuffle(studies)
-    queue = iter(studies)
-    lanes = [iter(range(s * _PER_STUDY, min((s + 1) * _PER_STUDY, rows))) for s in itertools.islice(queue, streams)]
+    waiting = iter(studies)
+
+    def instances(study: int) -> Iterator[int]:  # every study has at least one
+        return iter(range(study * _PER_STUDY, min((study + 1) * _PER_STUDY, rows)))
+
+    lanes = [instances(s) for s in itertools.islice(waiting, streams)]
     order: list[int] = []
     while lanes:
-        for k in range(len(lanes) - 1, -1, -1):
-            lane = lanes[k]
+        going = []
+        for lane in reversed(lanes):  # the last stream first, as the order was recorded
             i = next(lane, None)
-            while i is None:
-                study = next(queue, None)
-                if study is None:
-                    break
-                lane = lanes[k] = iter(range(study * _PER_STUDY, min((study + 1) * _PER_STUDY, rows)))
-                i = next(lane, None)
             if i is None:
-                del lanes[k]
-            else:
-                order.append(i)
+                study = next(waiting, None)
+                if study is None:
+                    continue  # this stream is done
+                lane = instances(study)
+                i = next(lane)
+            order.append(i)
+            going.append(lane)
+        lanes = going[::-1]
     return order
 
 
