@@ -12,7 +12,9 @@ until it is idle, reads its CPU, sends every file with 4 DCMTK ``storescu`` proc
 (one association each, TCP_NODELAY=1: the same client for every server), waits until
 the server is idle again (what follows the last response, such as indexing, counts),
 reads its CPU again, counts what it stored and stops it (its whole process group,
-then whatever is left in its cgroup). A run passes only if every storescu exited 0
+then whatever is left in its cgroup). Beside each read it also snapshots every live
+process of the tree (bench.cputime.process_times): for an scpfleet node the report
+splits the total over its supervisor, listener, workers and indexer. A run passes only if every storescu exited 0
 (every C-STORE acknowledged) and the server stored exactly the files sent; a failed run
 is reported with its reason, never as a number.
 
@@ -25,8 +27,8 @@ strace slows the server, so CPU is never read while it is attached.
 
 Output: a markdown table per load (CPU ms per instance, user / system / total, CPU ms
 per MB, system calls per instance, each server over storescp --fork and over Orthanc)
-on stdout and in ``--out``/cpucost.md, and cpucost.json (every run, the medians, the
-machine, the versions, the method). Ctrl-C or SIGTERM stops every process started here
+and the node's CPU per instance by process, on stdout and in ``--out``/cpucost.md, and
+cpucost.json (every run, the medians, the machine, the versions, the method). Ctrl-C or SIGTERM stops every process started here
 and writes nothing. Nothing here talks to anything but 127.0.0.1 or writes a machine
 path into its results.
 """
@@ -249,6 +251,7 @@ def measure_cpu(server: Server, data: Prepared, folder: Path, repeat: int,
         "ok": False, "reason": None, "stored": None, "wall_s": None, "start_s": None,
         "cpu_us": None, "cpu_ms_per_instance": None, "cpu_ms_per_mb": None,
         "idle_cpu_ms_per_s": None, "settled": None, "loadavg": round(os.getloadavg()[0], 2),
+        "processes": None,
     }
     folder.mkdir(parents=True)
     meter = None
@@ -260,10 +263,13 @@ def measure_cpu(server: Server, data: Prepared, folder: Path, repeat: int,
         rec["start_s"] = round(time.monotonic() - t0, 3)
         settled_before, idle = cputime.settle(meter, SETTLE_LIMIT_S)
         before = meter.read()
+        processes_before = cputime.process_times(meter.pids())
         run = run_storescu(data, running, ASSOCIATIONS, folder, MAX_PDU, opts.run_timeout,
                            LIVE)
         settled_after, _ = cputime.settle(meter, SETTLE_LIMIT_S)
         cpu = meter.read() - before
+        processes = cputime.by_name(processes_before, cputime.process_times(meter.pids()))
+        leader = processes_before.get(running.proc.pid)
         stored, reason = _check(running, data, run.error)
         n, mb = data.count, data.bytes / 1e6
         rec.update(
@@ -278,6 +284,13 @@ def measure_cpu(server: Server, data: Prepared, folder: Path, repeat: int,
                 "system": round(cpu.system_us / 1000 / n, 4),
                 "total": round(cpu.total_us / 1000 / n, 4)}
             rec["cpu_ms_per_mb"] = round(cpu.total_us / 1000 / mb, 3)
+            # The server's first process is its supervisor or parent whatever its name.
+            rec["processes"] = {
+                (LEADER if leader is not None and name == leader.name and count == 1 else name): {
+                    "count": count, "user_us": round(spent.cpu.user_us / n, 2),
+                    "system_us": round(spent.cpu.system_us / n, 2),
+                    "run_us": round(spent.run_us / n, 2)}
+                for name, (count, spent) in sorted(processes.items())}
     except (RunError, OSError) as exc:
         rec["reason"] = str(exc)
     finally:
@@ -388,6 +401,24 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
+def _processes(good: list[dict[str, Any]]) -> dict[str, dict[str, float | None]] | None:
+    """Per process name: the medians over the passing runs of its CPU per instance (µs)
+    and of how many such processes there were."""
+    names = sorted({name for r in good for name in (r.get("processes") or {})})
+    if not names:
+        return None
+    found = {}
+    for name in names:
+        runs = [r["processes"][name] for r in good if name in (r.get("processes") or {})]
+        found[name] = {
+            "count": _median([p["count"] for p in runs]),
+            "user_us": _median([p["user_us"] for p in runs]),
+            "system_us": _median([p["system_us"] for p in runs]),
+            "run_us": _median([p["run_us"] for p in runs]),
+        }
+    return found
+
+
 def summarize(records: list[dict[str, Any]], traced: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (load, server): medians of the passing runs, the system calls, and
     the total over storescp's, Orthanc's and scpfleet's in the same load."""
@@ -412,6 +443,7 @@ def summarize(records: list[dict[str, Any]], traced: list[dict[str, Any]]) -> li
         row["cpu_ms_per_instance_range"] = [min(totals), max(totals)] if totals else None
         row["cpu_ms_per_mb"] = _median([r["cpu_ms_per_mb"] for r in good])
         row["wall_s"] = _median([r["wall_s"] for r in good])
+        row["processes"] = _processes(good)
         trace = calls.get((row["load"], row["server"]))
         row["syscalls_per_instance"] = trace["per_instance_total"] if trace else None
         row["syscalls_top"] = dict(list(trace["per_instance"].items())[:8]) \
@@ -442,6 +474,48 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+#: The key of the server's first process (the one started) in a run's ``processes``.
+LEADER = "(leader)"
+#: What each of the node's processes is, by the name it gives itself (15 bytes at most).
+PROCESS_ROLES = {
+    LEADER: "supervisor",
+    "scpfleet-listen": "listener",
+    "scpfleet-worker": "workers",
+    "scpfleet-indexe": "indexer",
+}
+
+
+def _render_processes(w: Any, result: dict[str, Any], labels: dict[str, str]) -> None:
+    """Where an scpfleet node's CPU goes: its processes, by role, per instance."""
+    rows = [r for r in result["summary"] if r.get("processes") and labels.get(r["server"])
+            and r["server"].startswith("scpfleet")]
+    if not rows:
+        return
+    w("## Where the node's CPU goes, per process")
+    w("")
+    w("Over the same window as the tables above, each live process of the node, by role: "
+      "`total` is the scheduler's exact time on a CPU (/proc/PID/task/*/schedstat), user and "
+      "system the kernel's tick-sampled split (/proc/PID/stat), rough for small runs; "
+      "medians of the passing runs. `rest` is the tree's total less the processes' "
+      "(threads or processes that ended in the window).")
+    w("")
+    w("| Load | Server | process | count | user µs/instance | system µs/instance | total µs/instance |")
+    w("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        counted = 0.0
+        order = sorted(r["processes"].items(), key=lambda item: -(item[1]["run_us"] or 0.0))
+        for name, p in order:
+            counted += p["run_us"] or 0.0
+            w(f"| {LOADS[r['load']].label} | {labels[r['server']]} | "
+              f"{PROCESS_ROLES.get(name, name)} | {_num(p['count'], 0)} | "
+              f"{_num(p['user_us'], 1)} | {_num(p['system_us'], 1)} | {_num(p['run_us'], 1)} |")
+        tree = r["cpu_ms_per_instance"]["total"]
+        if tree is not None:
+            w(f"| {LOADS[r['load']].label} | {labels[r['server']]} | rest | | | | "
+              f"{tree * 1000 - counted:.1f} |")
+    w("")
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -509,6 +583,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             w(f"{labels['scpfleet-b']} over {labels['scpfleet']}: "
               f"{_ratio(b['ratio_vs_scpfleet'])} the CPU per instance.")
             w("")
+    _render_processes(w, result, labels)
     if cfg["syscalls"]:
         w("## System calls per instance, most frequent")
         w("")

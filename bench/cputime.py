@@ -20,6 +20,10 @@ Either way the kernel knows the total exactly (scheduler run time in the cgroup 
 but splits it into user and system by sampling, at each tick, which one a task is in:
 the split is rough over a few hundred milliseconds and meaningless over a few ticks.
 
+:func:`process_times` and :func:`by_name` split a window's CPU over the tree's live
+processes by name (a node's workers, indexer, ...): exact run time from each thread's
+schedstat, the user/system split from /proc/PID/stat's ticks.
+
 :func:`settle` waits until a tree stops using CPU (a server finishing its start, or the
 work that follows the last response, such as indexing). Nothing here starts a process:
 the caller starts the server with the prefix and :meth:`Meter.attach`\\ es its pid; the
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CpuSample", "Meter", "CgroupMeter", "ProcMeter", "open_meter", "settle",
-           "cgroup_parent"]
+           "cgroup_parent", "ProcessTime", "process_times", "by_name"]
 
 #: Below this much CPU over one settle window a tree counts as idle: 1% of one CPU.
 IDLE_US_PER_S = 10_000
@@ -217,6 +221,65 @@ class ProcMeter(Meter):
 
     def pids(self) -> list[int]:
         return [pid for pid, fields in self._members() if fields[0] != "Z"]
+
+
+@dataclass(frozen=True)
+class ProcessTime:
+    """One process's CPU so far: its name (``comm``, what ``PR_SET_NAME`` set), user and
+    system time from /proc/PID/stat (clock ticks, threads included: as rough as
+    :class:`ProcMeter`), and ``run_us``, the scheduler's exact time on a CPU summed
+    over its live threads (/proc/PID/task/*/schedstat; a thread that exited is missing)."""
+
+    name: str
+    cpu: CpuSample
+    run_us: float
+
+
+def process_times(pids: list[int]) -> dict[int, ProcessTime]:
+    """:class:`ProcessTime` of each live process of ``pids``; processes gone are left out."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fp:
+                text = fp.read()
+            run_ns = 0
+            for task in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    with open(f"/proc/{pid}/task/{task}/schedstat") as fp:
+                        run_ns += int(fp.read().split()[0])
+                except (OSError, IndexError, ValueError):
+                    continue  # a thread that just ended
+        except OSError:
+            continue
+        head, _, tail = text.rpartition(")")
+        fields = tail.split()
+        if not head or len(fields) < 13 or fields[0] == "Z":
+            continue
+        name = head.partition("(")[2]
+        cpu = CpuSample(int(fields[11]) * _TICK_US, int(fields[12]) * _TICK_US)
+        found[pid] = ProcessTime(name, cpu, run_ns / 1000)
+    return found
+
+
+def by_name(before: dict[int, ProcessTime],
+            after: dict[int, ProcessTime]) -> dict[str, tuple[int, ProcessTime]]:
+    """What each kind of process spent between two :func:`process_times` snapshots,
+    summed by name: name -> (processes, their time). A process born in between counts
+    from zero; one that exited in between is missing (it is only in the meter's total).
+    """
+    sums: dict[str, tuple[int, ProcessTime]] = {}
+    for pid, now in after.items():
+        then = before.get(pid)
+        if then is not None and then.name == now.name:
+            cpu, run_us = now.cpu - then.cpu, now.run_us - then.run_us
+        else:
+            cpu, run_us = now.cpu, now.run_us
+        count, total = sums.get(now.name, (0, ProcessTime(now.name, CpuSample(0.0, 0.0), 0.0)))
+        sums[now.name] = (count + 1, ProcessTime(
+            now.name, CpuSample(total.cpu.user_us + cpu.user_us,
+                                total.cpu.system_us + cpu.system_us),
+            total.run_us + run_us))
+    return sums
 
 
 def open_meter(name: str, *, method: str = "auto") -> Meter:

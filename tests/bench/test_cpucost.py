@@ -55,6 +55,16 @@ def test_quickest_run_measures_good_servers_and_fails_a_broken_one(tmp_path: Pat
         assert run["cpu_ms_per_mb"] > 0 and run["wall_s"] > 0
         assert run["cpu_us"]["total"] == run["cpu_us"]["user"] + run["cpu_us"]["system"]
 
+    # The node's processes by role: their exact run times add up to the tree's total
+    # where a cgroup measured it (the /proc fallback's total is in ticks).
+    node = runs["scpfleet"]["processes"]
+    assert set(node) == {cpucost.LEADER, "scpfleet-listen", "scpfleet-worker", "scpfleet-indexe"}
+    assert node["scpfleet-worker"]["count"] == 2 and node["scpfleet-worker"]["run_us"] > 0
+    if data["config"]["method"]["name"] == "cgroup":
+        counted = sum(p["run_us"] for p in node.values())
+        assert counted == pytest.approx(runs["scpfleet"]["cpu_ms_per_instance"]["total"] * 1000,
+                                        rel=0.05)
+
     broken = runs["scpfleet-b"]
     assert not broken["ok"] and broken["cpu_ms_per_instance"] is None
     assert broken["cpu_ms_per_mb"] is None and "storescu exited non-zero" in broken["reason"]
@@ -67,6 +77,9 @@ def test_quickest_run_measures_good_servers_and_fails_a_broken_one(tmp_path: Pat
     assert "| scpfleet B (2w, none, --require-calling-aet NOPE, SCPFLEET_PURE_PYTHON=1) | FAILED |" in text
     assert "with SCPFLEET_PURE_PYTHON=1" in text
     assert "## Failures" in text and "Calling AE Title Not Recognized" in text
+    assert "| tiny (~2 kB) | scpfleet serve (2w, none) | workers | 2 |" in text
+    assert "| tiny (~2 kB) | scpfleet serve (2w, none) | supervisor | 1 |" in text
+    assert "storescp --fork | supervisor" not in text  # only the node's processes
     for name in ("cpucost.md", "cpucost.json"):
         body = (out / name).read_text()
         assert str(tmp_path) not in body and str(REPO) not in body  # no machine paths
@@ -102,3 +115,22 @@ def test_summary_takes_medians_of_passing_runs_and_ratios() -> None:
     assert by["scpfleet"]["syscalls_per_instance"] == 6.0
     assert by["storescp"]["passed"] == 1 and by["storescp"]["reasons"] == ["boom"]
     assert by["orthanc"]["syscalls_per_instance"] is None
+    assert by["scpfleet"]["processes"] is None  # these runs recorded none
+
+
+def test_summary_takes_medians_per_process_of_the_passing_runs() -> None:
+    def run(worker_us: float | None, indexer: bool = True) -> dict:
+        ok = worker_us is not None
+        processes = {"scpfleet-worker": {"count": 2, "user_us": worker_us, "system_us": 1.0,
+                                         "run_us": worker_us + 1.0}} if ok else None
+        if ok and indexer:
+            processes["scpfleet-indexe"] = {"count": 1, "user_us": 3.0, "system_us": 1.0,
+                                            "run_us": 4.0}
+        return {"load": "tiny", "server": "scpfleet", "ok": ok, "reason": None if ok else "x",
+                "wall_s": 1.0, "cpu_ms_per_mb": 1.0, "processes": processes,
+                "cpu_ms_per_instance": {"user": 0.1, "system": 0.1, "total": 0.2} if ok else None}
+
+    [row] = cpucost.summarize([run(10.0), run(30.0), run(None), run(20.0, indexer=False)], [])
+    workers, indexer = row["processes"]["scpfleet-worker"], row["processes"]["scpfleet-indexe"]
+    assert workers == {"count": 2, "user_us": 20.0, "system_us": 1.0, "run_us": 21.0}
+    assert indexer["run_us"] == 4.0  # the runs that saw one
