@@ -14,9 +14,9 @@ the server is idle again (what follows the last response, such as indexing, coun
 reads its CPU again, counts what it stored and stops it (its whole process group,
 then whatever is left in its cgroup). Beside each read it also snapshots every live
 process of the tree (bench.cputime.process_times): for an scpfleet node the report
-splits the total over its supervisor, listener, workers and indexer. A run passes only if every storescu exited 0
-(every C-STORE acknowledged) and the server stored exactly the files sent; a failed run
-is reported with its reason, never as a number.
+splits the total over its supervisor, listener, workers and indexer. A run passes only
+if every storescu exited 0 (every C-STORE acknowledged) and the server stored exactly
+the files sent; a failed run is reported with its reason, never as a number.
 
 Order: for each repeat, for each load, every server in turn, rotated by one each repeat
 (drift on a shared machine hits all alike). With ``--syscalls``, after the CPU runs,
@@ -28,9 +28,9 @@ strace slows the server, so CPU is never read while it is attached.
 Output: a markdown table per load (CPU ms per instance, user / system / total, CPU ms
 per MB, system calls per instance, each server over storescp --fork and over Orthanc)
 and the node's CPU per instance by process, on stdout and in ``--out``/cpucost.md, and
-cpucost.json (every run, the medians, the machine, the versions, the method). Ctrl-C or SIGTERM stops every process started here
-and writes nothing. Nothing here talks to anything but 127.0.0.1 or writes a machine
-path into its results.
+cpucost.json (every run, the medians, the machine, the versions, the method). Ctrl-C or
+SIGTERM stops every process started here and writes nothing. Nothing here talks to
+anything but 127.0.0.1 or writes a machine path into its results.
 """
 
 from __future__ import annotations
