@@ -62,6 +62,9 @@ class CpuSample:
     def __sub__(self, other: CpuSample) -> CpuSample:
         return CpuSample(self.user_us - other.user_us, self.system_us - other.system_us)
 
+    def __add__(self, other: CpuSample) -> CpuSample:
+        return CpuSample(self.user_us + other.user_us, self.system_us + other.system_us)
+
 
 class Meter:
     """The CPU of one server's process tree; see the module doc."""
@@ -182,12 +185,22 @@ class CgroupMeter(Meter):
         self._closed = True
 
 
-def _stat_fields(pid: str) -> list[str] | None:
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """A process's name and the fields of /proc/PID/stat after it (None: it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as fp:
-            return fp.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+            text = fp.read()
+    except OSError:
         return None
+    head, _, tail = text.rpartition(")")
+    if not head:
+        return None
+    return head.partition("(")[2], tail.split()
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    found = _stat(pid)
+    return found[1] if found is not None else None
 
 
 class ProcMeter(Meter):
@@ -239,23 +252,21 @@ def process_times(pids: list[int]) -> dict[int, ProcessTime]:
     """:class:`ProcessTime` of each live process of ``pids``; processes gone are left out."""
     found = {}
     for pid in pids:
+        stat = _stat(pid)
+        if stat is None or len(stat[1]) < 13 or stat[1][0] == "Z":
+            continue
+        name, fields = stat
+        run_ns = 0
         try:
-            with open(f"/proc/{pid}/stat") as fp:
-                text = fp.read()
-            run_ns = 0
-            for task in os.listdir(f"/proc/{pid}/task"):
-                try:
-                    with open(f"/proc/{pid}/task/{task}/schedstat") as fp:
-                        run_ns += int(fp.read().split()[0])
-                except (OSError, IndexError, ValueError):
-                    continue  # a thread that just ended
+            tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
-            continue
-        head, _, tail = text.rpartition(")")
-        fields = tail.split()
-        if not head or len(fields) < 13 or fields[0] == "Z":
-            continue
-        name = head.partition("(")[2]
+            continue  # gone since
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as fp:
+                    run_ns += int(fp.read().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that just ended
         cpu = CpuSample(int(fields[11]) * _TICK_US, int(fields[12]) * _TICK_US)
         found[pid] = ProcessTime(name, cpu, run_ns / 1000)
     return found
@@ -275,10 +286,7 @@ def by_name(before: dict[int, ProcessTime],
         else:
             cpu, run_us = now.cpu, now.run_us
         count, total = sums.get(now.name, (0, ProcessTime(now.name, CpuSample(0.0, 0.0), 0.0)))
-        sums[now.name] = (count + 1, ProcessTime(
-            now.name, CpuSample(total.cpu.user_us + cpu.user_us,
-                                total.cpu.system_us + cpu.system_us),
-            total.run_us + run_us))
+        sums[now.name] = (count + 1, ProcessTime(now.name, total.cpu + cpu, total.run_us + run_us))
     return sums
 
 
